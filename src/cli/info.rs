@@ -1,0 +1,91 @@
+//! `nanovllm info`: what a model is and what it costs to run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use nanovllm::models::LayerKind;
+
+/// Arguments of `info`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let model = nanovllm::models::load(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let info = model.info();
+    let costs = model.cache_costs();
+    let pattern: String = info
+        .layer_kinds
+        .iter()
+        .map(|k| match k {
+            LayerKind::Attention => 'A',
+            LayerKind::Mamba => 'M',
+        })
+        .collect();
+    let attention_layers: Vec<usize> = info
+        .layer_kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k == LayerKind::Attention)
+        .map(|(i, _)| i)
+        .collect();
+    if args.json {
+        let v = serde_json::json!({
+            "architecture": info.architecture,
+            "num_layers": info.layer_kinds.len(),
+            "layer_pattern": pattern,
+            "attention_layers": attention_layers,
+            "num_params": info.num_params,
+            "weight_bytes": info.weight_bytes,
+            "hidden_size": info.hidden_size,
+            "vocab_size": info.vocab_size,
+            "state_bytes_per_sequence": costs.state_bytes_per_seq,
+            "kv_bytes_per_token": costs.kv_bytes_per_token,
+            "max_position_embeddings": info.max_position_embeddings,
+        });
+        println!("{v}");
+    } else {
+        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+        println!("architecture        {}", info.architecture);
+        println!(
+            "layers              {} ({} mamba, {} attention at {:?})",
+            info.layer_kinds.len(),
+            info.layer_kinds.len() - attention_layers.len(),
+            attention_layers.len(),
+            attention_layers
+        );
+        println!("layer pattern       {pattern}  (M = Mamba2, A = attention)");
+        println!(
+            "parameters          {} ({:.1}M)",
+            info.num_params,
+            info.num_params as f64 / 1e6
+        );
+        println!(
+            "weight memory       {:.1} MiB (f32)",
+            mib(info.weight_bytes)
+        );
+        println!(
+            "recurrent state     {:.2} MiB per sequence",
+            mib(costs.state_bytes_per_seq)
+        );
+        println!(
+            "KV cache            {:.1} KiB per token",
+            costs.kv_bytes_per_token as f64 / 1024.0
+        );
+        println!(
+            "hidden / vocab      {} / {}",
+            info.hidden_size, info.vocab_size
+        );
+        if let Some(m) = info.max_position_embeddings {
+            println!("max positions       {m}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Subcommands of the `nanovllm` binary. Results go to stdout, progress and logs to stderr.
+
+mod bench;
+mod generate;
+mod info;
+mod validate;
+
+use clap::{Parser, Subcommand};
+
+/// nanovllm: exact, fast inference for hybrid Mamba2/attention LLMs.
+#[derive(Parser)]
+#[command(name = "nanovllm", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, layer pattern, parameters and memory needs.
+    Info(info::Args),
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(generate::Args),
+    /// Compare the model's logits and greedy tokens with a transformers reference file.
+    Validate(validate::Args),
+    /// Measure prefill and decode speed and peak memory.
+    Bench(bench::Args),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Validate(a) => validate::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` selects the level (default: warnings).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

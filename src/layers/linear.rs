@@ -1,0 +1,55 @@
+//! A dense projection `y = x Wᵀ + b` with the weight in PyTorch's `[out, in]` layout.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::loader::safetensors::WeightStore;
+
+/// A linear layer.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Wraps an existing `[out, in]` weight (e.g. a tied embedding).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`), checking shapes.
+    pub fn load(
+        store: &WeightStore,
+        prefix: &str,
+        out_features: usize,
+        in_features: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = store.f32(&format!("{prefix}.weight"), &[out_features, in_features])?;
+        let bias = if bias {
+            Some(store.f32(&format!("{prefix}.bias"), &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `[tokens, in] -> [tokens, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The `[out, in]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.weight.elem_count() + self.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+}

@@ -1,0 +1,218 @@
+//! The Mamba2 mixer (spec §4.3): `in_proj` → split z | xBC | dt → causal conv + SiLU on xBC →
+//! selective scan with per-head decay → D skip → gated RMSNorm with z → `out_proj`.
+//! Each sequence continues from its own state slot, updated in place; a sequence with no
+//! cached tokens starts from zero state whatever the slot held before.
+
+use candle_core::Tensor;
+
+use super::linear::Linear;
+use super::norm::GatedRmsNorm;
+use super::{from_vec, to_vec};
+use crate::cache::{StateCache, StateShape};
+use crate::engine::batch::Batch;
+use crate::error::Result;
+use crate::kernels::reference::{causal_conv1d_silu, softplus, ssm_scan, ScanDims, ScanInputs};
+use crate::loader::safetensors::WeightStore;
+
+/// Geometry of a Mamba2 mixer.
+#[derive(Debug, Clone, Copy)]
+pub struct Mamba2Config {
+    /// Residual width H.
+    pub hidden_size: usize,
+    /// SSM heads nH.
+    pub n_heads: usize,
+    /// Channels per head P.
+    pub head_dim: usize,
+    /// B/C groups G.
+    pub n_groups: usize,
+    /// State size N.
+    pub d_state: usize,
+    /// Conv kernel width K.
+    pub d_conv: usize,
+    /// Whether the conv has a bias.
+    pub conv_bias: bool,
+    /// Whether in_proj / out_proj have biases.
+    pub proj_bias: bool,
+    /// Clamp applied to dt after softplus.
+    pub dt_limit: (f32, f32),
+    /// Epsilon of the gated RMSNorm.
+    pub norm_eps: f64,
+}
+
+impl Mamba2Config {
+    /// Inner width `nH·P`.
+    pub fn d_inner(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Channels through the conv: x, B and C.
+    pub fn conv_dim(&self) -> usize {
+        self.d_inner() + 2 * self.n_groups * self.d_state
+    }
+
+    /// The recurrent state this mixer keeps per sequence.
+    pub fn state_shape(&self) -> StateShape {
+        StateShape {
+            conv_dim: self.conv_dim(),
+            conv_kernel: self.d_conv,
+            n_heads: self.n_heads,
+            head_dim: self.head_dim,
+            d_state: self.d_state,
+        }
+    }
+}
+
+/// A Mamba2 mixer's weights.
+pub struct Mamba2Mixer {
+    cfg: Mamba2Config,
+    in_proj: Linear,
+    conv_weight: Vec<f32>,
+    conv_bias: Vec<f32>,
+    dt_bias: Vec<f32>,
+    a: Vec<f32>,
+    d: Vec<f32>,
+    norm: GatedRmsNorm,
+    out_proj: Linear,
+}
+
+impl Mamba2Mixer {
+    /// Loads `{prefix}.{in_proj, conv1d, dt_bias, A_log, D, norm, out_proj}`.
+    pub fn load(store: &WeightStore, prefix: &str, cfg: Mamba2Config) -> Result<Self> {
+        let (h, di, cd, nh, k) = (
+            cfg.hidden_size,
+            cfg.d_inner(),
+            cfg.conv_dim(),
+            cfg.n_heads,
+            cfg.d_conv,
+        );
+        let vec = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            to_vec(&store.f32(&format!("{prefix}.{name}"), shape)?)
+        };
+        let a_log = vec("A_log", &[nh])?;
+        Ok(Self {
+            in_proj: Linear::load(
+                store,
+                &format!("{prefix}.in_proj"),
+                di + cd + nh,
+                h,
+                cfg.proj_bias,
+            )?,
+            conv_weight: vec("conv1d.weight", &[cd, 1, k])?,
+            conv_bias: if cfg.conv_bias {
+                vec("conv1d.bias", &[cd])?
+            } else {
+                vec![0.0; cd]
+            },
+            dt_bias: vec("dt_bias", &[nh])?,
+            a: a_log.iter().map(|v| -v.exp()).collect(),
+            d: vec("D", &[nh])?,
+            norm: GatedRmsNorm::load(
+                store,
+                &format!("{prefix}.norm.weight"),
+                di,
+                cfg.n_groups,
+                cfg.norm_eps,
+            )?,
+            out_proj: Linear::load(store, &format!("{prefix}.out_proj"), h, di, cfg.proj_bias)?,
+            cfg,
+        })
+    }
+
+    /// `[tokens, hidden] -> [tokens, hidden]`, advancing each sequence's state slot.
+    pub fn forward(&self, x: &Tensor, batch: &Batch, cache: &mut StateCache) -> Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let cfg = &self.cfg;
+        let (di, cd, nh, gn) = (
+            cfg.d_inner(),
+            cfg.conv_dim(),
+            cfg.n_heads,
+            cfg.n_groups * cfg.d_state,
+        );
+        let width = di + cd + nh;
+        let proj = to_vec(&self.in_proj.forward(x)?)?;
+
+        let mut z = Vec::with_capacity(tokens * di);
+        let mut xbc = Vec::with_capacity(tokens * cd);
+        let mut dt = Vec::with_capacity(tokens * nh);
+        for row in proj.chunks(width) {
+            z.extend_from_slice(&row[..di]);
+            xbc.extend_from_slice(&row[di..di + cd]);
+            // spec §4.3 step 4; the clamp is applied on every path (see docs/architecture.md).
+            dt.extend(
+                row[di + cd..]
+                    .iter()
+                    .zip(&self.dt_bias)
+                    .map(|(v, b)| softplus(v + b).clamp(cfg.dt_limit.0, cfg.dt_limit.1)),
+            );
+        }
+
+        let mut conv_out = vec![0f32; tokens * cd];
+        let mut y = vec![0f32; tokens * di];
+        let slots: Vec<usize> = batch.seqs.iter().map(|s| s.state_slot).collect();
+        let states = cache.slots_mut(&slots)?;
+        let dims = ScanDims {
+            n_heads: nh,
+            head_dim: cfg.head_dim,
+            d_state: cfg.d_state,
+            n_groups: cfg.n_groups,
+        };
+        for (s, (conv_state, ssm_state)) in batch.seqs.iter().zip(states) {
+            if s.past_len == 0 {
+                conv_state.fill(0.0);
+                ssm_state.fill(0.0);
+            }
+            let rows = s.start..s.start + s.len;
+            let out = &mut conv_out[rows.start * cd..rows.end * cd];
+            causal_conv1d_silu(
+                &xbc[rows.start * cd..rows.end * cd],
+                conv_state,
+                &self.conv_weight,
+                &self.conv_bias,
+                cfg.d_conv,
+                out,
+            );
+            let (mut xs, mut bs, mut cs) = (
+                Vec::with_capacity(s.len * di),
+                Vec::with_capacity(s.len * gn),
+                Vec::with_capacity(s.len * gn),
+            );
+            for row in out.chunks(cd) {
+                xs.extend_from_slice(&row[..di]);
+                bs.extend_from_slice(&row[di..di + gn]);
+                cs.extend_from_slice(&row[di + gn..]);
+            }
+            let inputs = ScanInputs {
+                x: &xs,
+                dt: &dt[rows.start * nh..rows.end * nh],
+                b: &bs,
+                c: &cs,
+                a: &self.a,
+                d: &self.d,
+            };
+            ssm_scan(
+                &inputs,
+                dims,
+                ssm_state,
+                &mut y[rows.start * di..rows.end * di],
+            );
+        }
+        self.norm.forward_in_place(&mut y, &z);
+        self.out_proj.forward(&from_vec(y, tokens, di)?)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.in_proj.num_params()
+            + self.conv_weight.len()
+            + if self.cfg.conv_bias {
+                self.conv_bias.len()
+            } else {
+                0
+            }
+            + self.dt_bias.len()
+            + self.a.len()
+            + self.d.len()
+            + self.norm.num_params()
+            + self.out_proj.num_params()
+    }
+}

@@ -1,0 +1,93 @@
+//! RMSNorm, plain and gated (Mamba2's `y · silu(z)` normalised per group).
+
+use candle_core::Tensor;
+
+use super::{from_vec, silu, to_vec};
+use crate::error::Result;
+use crate::loader::safetensors::WeightStore;
+
+/// `w ⊙ v / sqrt(mean(v²) + eps)` over the last dimension.
+pub struct RmsNorm {
+    weight: Vec<f32>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `{name}` of shape `[dim]`.
+    pub fn load(store: &WeightStore, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = to_vec(&store.f32(name, &[dim])?)?;
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalises each row of `[tokens, dim]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = x.dims2()?;
+        let mut v = to_vec(x)?;
+        for row in v.chunks_mut(cols) {
+            rms_normalize(row, &self.weight, self.eps);
+        }
+        from_vec(v, rows, cols)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.weight.len()
+    }
+}
+
+/// Normalises `row` in place and scales it by `weight`.
+pub fn rms_normalize(row: &mut [f32], weight: &[f32], eps: f32) {
+    let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    for (v, w) in row.iter_mut().zip(weight) {
+        *v = *v * inv * w;
+    }
+}
+
+/// Mamba2's gated RMSNorm: `g = y ⊙ silu(z)`, normalised within `groups` contiguous groups,
+/// then scaled (spec §4.3 step 7: the gate comes before the norm).
+pub struct GatedRmsNorm {
+    weight: Vec<f32>,
+    groups: usize,
+    eps: f32,
+}
+
+impl GatedRmsNorm {
+    /// Loads `{name}` of shape `[dim]`.
+    pub fn load(
+        store: &WeightStore,
+        name: &str,
+        dim: usize,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        let weight = to_vec(&store.f32(name, &[dim])?)?;
+        Ok(Self {
+            weight,
+            groups,
+            eps: eps as f32,
+        })
+    }
+
+    /// Gates `y` by `z` and normalises, in place; both are `[tokens, dim]` row-major.
+    pub fn forward_in_place(&self, y: &mut [f32], z: &[f32]) {
+        let dim = self.weight.len();
+        let group = dim / self.groups;
+        for (row, zrow) in y.chunks_mut(dim).zip(z.chunks(dim)) {
+            for (v, zv) in row.iter_mut().zip(zrow) {
+                *v *= silu(*zv);
+            }
+            for (g, w) in row.chunks_mut(group).zip(self.weight.chunks(group)) {
+                rms_normalize(g, w, self.eps);
+            }
+        }
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.weight.len()
+    }
+}

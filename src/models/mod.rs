@@ -1,0 +1,139 @@
+//! Architectures. Each file holds one architecture's config and its forward as a loop over
+//! shared layers; this module holds the [`Model`] trait and the table that maps a checkpoint's
+//! `architectures` / `model_type` to a loader.
+
+pub mod granite_hybrid;
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::cache::{CacheCosts, LayerCacheSpec, ModelCache};
+use crate::engine::batch::Batch;
+use crate::error::{Error, Result};
+use crate::loader::config_json;
+use crate::loader::safetensors::WeightStore;
+
+/// What a layer mixes tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerKind {
+    /// Softmax attention over a KV cache.
+    Attention,
+    /// A Mamba2 state-space mixer.
+    Mamba,
+}
+
+/// Static facts about a loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// The `architectures[0]` class name it was loaded as.
+    pub architecture: String,
+    /// Vocabulary rows of the embedding / head.
+    pub vocab_size: usize,
+    /// Residual width.
+    pub hidden_size: usize,
+    /// Mixer of each layer.
+    pub layer_kinds: Vec<LayerKind>,
+    /// Parameters (a tied head counted once).
+    pub num_params: usize,
+    /// Bytes the weights occupy in memory.
+    pub weight_bytes: usize,
+    /// Longest context the config declares, if any.
+    pub max_position_embeddings: Option<usize>,
+    /// Token ids that end generation.
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// A causal language model over a flat, padding-free batch.
+pub trait Model: Send + Sync {
+    /// Runs the batch's new tokens through the model, reading and writing `cache` in place;
+    /// returns `[rows, vocab]` logits for the rows `batch.logits` selects.
+    fn forward(&self, batch: &Batch, cache: &mut ModelCache) -> Result<Tensor>;
+    /// The cache each layer needs.
+    fn cache_specs(&self) -> &[LayerCacheSpec];
+    /// Static facts about the model.
+    fn info(&self) -> &ModelInfo;
+    /// Per-sequence and per-token cache costs.
+    fn cache_costs(&self) -> CacheCosts {
+        CacheCosts::of(self.cache_specs())
+    }
+}
+
+type Loader = fn(&serde_json::Value, &WeightStore) -> Result<Box<dyn Model>>;
+
+/// Supported architectures: (`architectures` class name, `model_type`, loader).
+const ARCHITECTURES: &[(&str, &str, Loader)] = &[(
+    "GraniteMoeHybridForCausalLM",
+    "granitemoehybrid",
+    granite_hybrid::load,
+)];
+
+/// Loads a model directory holding `config.json` and safetensors weights.
+pub fn load(dir: &Path) -> Result<Box<dyn Model>> {
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(Error::config(
+            "config.json",
+            format!("no config.json in {}", dir.display()),
+        ));
+    }
+    let config = config_json::read(&config_path)?;
+    let loader = pick_loader(&config)?;
+    let store = WeightStore::open_dir(dir)?;
+    loader(&config, &store)
+}
+
+fn pick_loader(config: &serde_json::Value) -> Result<Loader> {
+    let arch = config
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .and_then(|a| a.first())
+        .and_then(|a| a.as_str());
+    let model_type = config.get("model_type").and_then(|m| m.as_str());
+    let supported = || {
+        ARCHITECTURES
+            .iter()
+            .map(|(a, m, _)| format!("{a} ({m})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(arch) = arch {
+        if let Some((_, _, l)) = ARCHITECTURES.iter().find(|(a, _, _)| *a == arch) {
+            return Ok(*l);
+        }
+    }
+    if let Some(mt) = model_type {
+        if let Some((_, _, l)) = ARCHITECTURES.iter().find(|(_, m, _)| *m == mt) {
+            return Ok(*l);
+        }
+        return Err(Error::config(
+            "model_type",
+            format!(
+                "unsupported architecture `{mt}`; supported: {}",
+                supported()
+            ),
+        ));
+    }
+    Err(Error::config(
+        "model_type",
+        format!(
+            "missing (architectures: {:?}); supported: {}",
+            arch.unwrap_or("none"),
+            supported()
+        ),
+    ))
+}
+
+/// Reads `eos_token_id` (a number or a list) from a config.
+pub fn eos_ids(config: &serde_json::Value) -> Vec<u32> {
+    match config.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64().map(|v| v as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
