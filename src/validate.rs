@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::cache::block_pool::BlockPool;
 use crate::cache::{CacheCapacity, ModelCache};
 use crate::engine::batch::{Batch, LogitsRows};
+use crate::engine::sampler::argmax;
 use crate::error::{Error, Result};
 use crate::layers::to_vec;
 use crate::loader::safetensors::WeightStore;
@@ -198,17 +199,6 @@ impl Accumulator {
     }
 }
 
-/// Index of the largest value (first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 /// Fresh cache and block tables for `rows` sequences of up to `max_len` tokens.
 fn fresh_cache(
     model: &dyn Model,
@@ -337,10 +327,10 @@ pub fn validate(model: &dyn Model, reference: &Reference) -> Result<ValidationRe
             to_vec(&model.forward(&Batch::new(parts, LogitsRows::LastPerSequence), &mut cache)?)?;
         for step in 0..n_new {
             let next: Vec<u32> = (0..rows)
-                .map(|r| argmax(&logits[r * vocab..(r + 1) * vocab]) as u32)
+                .map(|r| argmax(&logits[r * vocab..(r + 1) * vocab]))
                 .collect();
-            for r in 0..rows {
-                greedy_hits += usize::from(reference.greedy_ids[r][step] == next[r]);
+            for (expected, got) in reference.greedy_ids.iter().zip(&next) {
+                greedy_hits += usize::from(expected[step] == *got);
             }
             if step + 1 == n_new {
                 break;

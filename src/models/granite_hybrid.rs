@@ -221,7 +221,7 @@ impl GraniteHybridConfig {
                 format!("only `silu` is supported, got `{}`", self.hidden_act),
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(Error::config("rms_norm_eps", "must be positive"));
         }
         let kinds = self.layer_kinds()?;
@@ -230,27 +230,25 @@ impl GraniteHybridConfig {
         let has_attention = kinds.contains(&LayerKind::Attention);
         let n_heads = self.num_attention_heads;
         let n_kv = self.num_key_value_heads.unwrap_or(n_heads);
-        let mut head_dim = self
-            .head_dim
-            .unwrap_or(if n_heads > 0 { h / n_heads } else { 0 });
+        let mut head_dim = self.head_dim.unwrap_or(h.checked_div(n_heads).unwrap_or(0));
         let rope_on = self.position_embedding_type.as_deref() == Some("rope");
         if has_attention {
             positive("num_attention_heads", n_heads)?;
             positive("num_key_value_heads", n_kv)?;
-            if n_heads % n_kv != 0 {
+            if !n_heads.is_multiple_of(n_kv) {
                 return Err(Error::config(
                     "num_key_value_heads",
                     format!("{n_kv} does not divide num_attention_heads {n_heads}"),
                 ));
             }
-            if self.head_dim.is_none() && h % n_heads != 0 {
+            if self.head_dim.is_none() && !h.is_multiple_of(n_heads) {
                 return Err(Error::config(
                     "num_attention_heads",
                     format!("{n_heads} does not divide hidden_size {h}"),
                 ));
             }
             positive("head_dim", head_dim)?;
-            if rope_on && head_dim % 2 != 0 {
+            if rope_on && !head_dim.is_multiple_of(2) {
                 return Err(Error::config("head_dim", "RoPE needs an even head size"));
             }
             if rope_on {
@@ -258,7 +256,7 @@ impl GraniteHybridConfig {
                     .rope_scaling
                     .as_ref()
                     .filter(|v| !v.is_null())
-                    .or_else(|| self.rope_parameters.as_ref())
+                    .or(self.rope_parameters.as_ref())
                     .and_then(|v| v.get("rope_type").or_else(|| v.get("type")))
                     .and_then(|t| t.as_str())
                     .filter(|t| *t != "default");
@@ -285,11 +283,7 @@ impl GraniteHybridConfig {
         let nh = self.mamba_n_heads;
         let d_head = match &self.mamba_d_head {
             serde_json::Value::String(s) if s == "auto" => {
-                if nh == 0 {
-                    0
-                } else {
-                    self.mamba_expand * h / nh
-                }
+                (self.mamba_expand * h).checked_div(nh).unwrap_or(0)
             }
             v => v.as_u64().map(|v| v as usize).ok_or_else(|| {
                 Error::config(
@@ -313,7 +307,7 @@ impl GraniteHybridConfig {
                     ),
                 ));
             }
-            if nh % self.mamba_n_groups != 0 {
+            if !nh.is_multiple_of(self.mamba_n_groups) {
                 return Err(Error::config(
                     "mamba_n_groups",
                     format!("{} does not divide mamba_n_heads {nh}", self.mamba_n_groups),

@@ -1,0 +1,98 @@
+//! Every committed Granite fixture matches transformers in all four modes (full prefill,
+//! token-by-token decode, mixed chunked prefill, greedy) within the project's thresholds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nanovllm::validate::{validate, Reference, ValidationReport};
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/granite_hybrid");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("reference.safetensors").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn assert_exact(name: &str, r: &ValidationReport) {
+    for m in &r.modes {
+        assert!(
+            m.max_abs_diff <= 1e-4,
+            "{name} {}: max_abs_diff {}",
+            m.mode,
+            m.max_abs_diff
+        );
+        assert!(
+            m.cosine >= 0.99999,
+            "{name} {}: cosine {}",
+            m.mode,
+            m.cosine
+        );
+        assert_eq!(m.top1_match, 1.0, "{name} {}: top1", m.mode);
+    }
+    assert!(r.pearson >= 0.99999, "{name}: pearson {}", r.pearson);
+    assert_eq!(r.greedy_match, 1.0, "{name}: greedy");
+}
+
+#[test]
+fn all_fixtures_match_transformers() {
+    let dirs = fixture_dirs();
+    assert!(
+        dirs.len() >= 8,
+        "expected the committed fixtures, found {}",
+        dirs.len()
+    );
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let model = nanovllm::models::load(&dir).unwrap();
+        let reference = Reference::load(&dir.join("reference.safetensors")).unwrap();
+        let report = validate(model.as_ref(), &reference).unwrap();
+        assert_exact(&name, &report);
+    }
+}
+
+#[test]
+fn validate_cli_prints_json_report() {
+    let dir = fixture_dirs().into_iter().next().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
+        .args(["validate", "--json", "--model"])
+        .arg(&dir)
+        .arg("--reference")
+        .arg(dir.join("reference.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "max_abs_diff",
+        "cosine",
+        "pearson",
+        "top1_match",
+        "greedy_match",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["greedy_match"], 1.0);
+    assert!(v["max_abs_diff"].as_f64().unwrap() <= 1e-4);
+}
+
+/// A corrupted reference (one logit moved) must be caught: the check can fail.
+#[test]
+fn a_perturbed_reference_fails() {
+    let dir = fixture_dirs().into_iter().next().unwrap();
+    let model = nanovllm::models::load(&dir).unwrap();
+    let mut reference = Reference::load(&dir.join("reference.safetensors")).unwrap();
+    reference.logits[5] += 1e-3;
+    let report = validate(model.as_ref(), &reference).unwrap();
+    assert!(report.max_abs_diff > 5e-4);
+    reference.greedy_ids[1][3] = (reference.greedy_ids[1][3] + 1) % reference.vocab as u32;
+    let report = validate(model.as_ref(), &reference).unwrap();
+    assert!(report.greedy_match < 1.0);
+}
