@@ -1,4 +1,5 @@
-//! Every committed Granite fixture matches transformers in all four modes (full prefill,
+//! Every committed model fixture (`tests/fixtures/<architecture>/<variant>/` with a
+//! `reference.safetensors` from transformers) matches in all four modes (full prefill,
 //! token-by-token decode, mixed chunked prefill, greedy) within the project's thresholds.
 
 use std::path::{Path, PathBuf};
@@ -7,9 +8,10 @@ use std::process::Command;
 use nanovllm::validate::{validate, Reference, ValidationReport};
 
 fn fixture_dirs() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/granite_hybrid");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
+        .flat_map(|arch| std::fs::read_dir(arch.unwrap().path()).into_iter().flatten())
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("reference.safetensors").is_file())
         .collect();
@@ -46,7 +48,7 @@ fn all_fixtures_match_transformers() {
         dirs.len()
     );
     for dir in dirs {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let name = dir.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
         let model = nanovllm::models::load(&dir).unwrap();
         let reference = Reference::load(&dir.join("reference.safetensors")).unwrap();
         let report = validate(model.as_ref(), &reference).unwrap();
