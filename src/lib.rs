@@ -9,10 +9,15 @@ pub mod engine;
 pub mod error;
 pub mod kernels;
 pub mod layers;
+pub mod llm;
 pub mod loader;
 pub mod models;
+pub mod outputs;
 pub mod sampling_params;
 pub mod tokenizer;
 pub mod validate;
 
 pub use error::{Error, Result};
+pub use llm::{EngineConfig, Prompt, LLM};
+pub use outputs::{CompletionOutput, FinishReason, RequestOutput};
+pub use sampling_params::SamplingParams;

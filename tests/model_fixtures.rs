@@ -11,7 +11,11 @@ fn fixture_dirs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
-        .flat_map(|arch| std::fs::read_dir(arch.unwrap().path()).into_iter().flatten())
+        .flat_map(|arch| {
+            std::fs::read_dir(arch.unwrap().path())
+                .into_iter()
+                .flatten()
+        })
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("reference.safetensors").is_file())
         .collect();
@@ -48,7 +52,11 @@ fn all_fixtures_match_transformers() {
         dirs.len()
     );
     for dir in dirs {
-        let name = dir.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
+        let name = dir
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .display()
+            .to_string();
         let model = nanovllm::models::load(&dir).unwrap();
         let reference = Reference::load(&dir.join("reference.safetensors")).unwrap();
         let report = validate(model.as_ref(), &reference).unwrap();

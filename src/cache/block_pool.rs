@@ -1,13 +1,16 @@
 //! KV block ids and their reference counts. Storage lives in [`super::KvCache`]; this pool
-//! only decides which ids are free. A block shared by several sequences (a cached prefix) is
-//! freed when its last holder releases it.
+//! only decides which ids are free. Free blocks are reused least-recently-freed first, so a
+//! released block that still holds a cached prefix survives as long as possible; a block
+//! shared by several sequences (a cached prefix) is freed when its last holder releases it.
+
+use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
 
-/// Free list and reference counts of KV blocks.
+/// Free queue and reference counts of KV blocks.
 #[derive(Debug, Clone)]
 pub struct BlockPool {
-    free: Vec<u32>,
+    free: VecDeque<u32>,
     ref_counts: Vec<u32>,
 }
 
@@ -15,7 +18,7 @@ impl BlockPool {
     /// A pool of `num_blocks` free blocks.
     pub fn new(num_blocks: usize) -> Self {
         Self {
-            free: (0..num_blocks as u32).rev().collect(),
+            free: (0..num_blocks as u32).collect(),
             ref_counts: vec![0; num_blocks],
         }
     }
@@ -30,11 +33,11 @@ impl BlockPool {
         self.ref_counts.len()
     }
 
-    /// Takes a free block (ref count 1).
+    /// Takes the least recently freed block (ref count 1).
     pub fn allocate(&mut self) -> Result<u32> {
         let id = self
             .free
-            .pop()
+            .pop_front()
             .ok_or_else(|| Error::CacheExhausted("no free KV blocks".into()))?;
         self.ref_counts[id as usize] = 1;
         Ok(id)
@@ -51,20 +54,26 @@ impl BlockPool {
         (0..n).map(|_| self.allocate()).collect()
     }
 
-    /// Adds a holder to an allocated block.
+    /// Adds a holder to a block; a free block (a cached prefix) is taken off the free queue.
     pub fn retain(&mut self, id: u32) {
-        if let Some(rc) = self.ref_counts.get_mut(id as usize) {
-            *rc += 1;
+        let Some(rc) = self.ref_counts.get_mut(id as usize) else {
+            return;
+        };
+        if *rc == 0 {
+            if let Some(pos) = self.free.iter().position(|&b| b == id) {
+                self.free.remove(pos);
+            }
         }
+        *rc += 1;
     }
 
-    /// Drops one holder; the block returns to the free list when none remain.
+    /// Drops one holder; the block joins the back of the free queue when none remain.
     pub fn release(&mut self, id: u32) {
         if let Some(rc) = self.ref_counts.get_mut(id as usize) {
             if *rc > 0 {
                 *rc -= 1;
                 if *rc == 0 {
-                    self.free.push(id);
+                    self.free.push_back(id);
                 }
             }
         }
@@ -91,5 +100,16 @@ mod tests {
         assert_eq!(pool.num_free(), 2);
         assert!(pool.allocate_n(3).is_err());
         assert_eq!(pool.num_free(), 2);
+    }
+
+    #[test]
+    fn least_recently_freed_is_reused_first_and_retain_revives() {
+        let mut pool = BlockPool::new(3);
+        let ids = pool.allocate_n(3).unwrap();
+        pool.release(ids[2]);
+        pool.release(ids[0]);
+        pool.retain(ids[2]); // a prefix-cache hit on a free block
+        assert_eq!(pool.num_free(), 1);
+        assert_eq!(pool.allocate().unwrap(), ids[0]);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod block_pool;
 pub mod kv_cache;
+pub mod prefix_cache;
 pub mod slot_pool;
 pub mod state_cache;
 
@@ -111,5 +112,48 @@ impl CacheCosts {
             state_bytes_per_seq: specs.iter().map(|s| s.state_bytes()).sum(),
             kv_bytes_per_token: specs.iter().map(|s| s.kv_bytes_per_token()).sum(),
         }
+    }
+}
+
+impl ModelCache {
+    /// f32 values of recurrent state per slot, over all layers (a snapshot's size).
+    pub fn state_len(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::Recurrent(s) => s.shape().conv_len() + s.shape().ssm_len(),
+                LayerCache::Attention(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Copies a slot's recurrent state (every layer, conv then SSM) into `out`.
+    pub fn save_state(&self, slot: usize, out: &mut [f32]) -> crate::Result<()> {
+        let mut off = 0;
+        for layer in &self.layers {
+            if let LayerCache::Recurrent(s) = layer {
+                let (conv, ssm) = s.slot(slot)?;
+                out[off..off + conv.len()].copy_from_slice(conv);
+                off += conv.len();
+                out[off..off + ssm.len()].copy_from_slice(ssm);
+                off += ssm.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites a slot's recurrent state with a snapshot taken by [`ModelCache::save_state`].
+    pub fn restore_state(&mut self, slot: usize, src: &[f32]) -> crate::Result<()> {
+        let mut off = 0;
+        for layer in &mut self.layers {
+            if let LayerCache::Recurrent(s) = layer {
+                let (conv, ssm) = s.slot_mut(slot)?;
+                conv.copy_from_slice(&src[off..off + conv.len()]);
+                off += conv.len();
+                ssm.copy_from_slice(&src[off..off + ssm.len()]);
+                off += ssm.len();
+            }
+        }
+        Ok(())
     }
 }

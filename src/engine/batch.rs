@@ -19,12 +19,14 @@ pub struct SeqSpan {
 }
 
 /// Which rows of logits a forward returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogitsRows {
     /// One row per new token (validation, prompt logprobs).
     All,
     /// One row per sequence: its last new token (generation).
     LastPerSequence,
+    /// The given token rows, ascending (the engine's mix of sampling and prompt logprobs).
+    Selected(Vec<u32>),
 }
 
 /// A batch of new tokens from several sequences, processed in one forward.
@@ -71,13 +73,14 @@ impl Batch {
 
     /// Indices of the token rows whose logits are requested.
     pub fn logits_row_indices(&self) -> Vec<u32> {
-        match self.logits {
+        match &self.logits {
             LogitsRows::All => (0..self.tokens.len() as u32).collect(),
             LogitsRows::LastPerSequence => self
                 .seqs
                 .iter()
                 .map(|s| (s.start + s.len - 1) as u32)
                 .collect(),
+            LogitsRows::Selected(rows) => rows.clone(),
         }
     }
 
@@ -99,6 +102,14 @@ impl Batch {
         }
         if expected != self.tokens.len() {
             return Err(Error::request("batch", "spans do not cover all tokens"));
+        }
+        if let LogitsRows::Selected(rows) = &self.logits {
+            if rows.iter().any(|&r| r as usize >= self.tokens.len()) {
+                return Err(Error::request(
+                    "batch",
+                    "a selected logits row is out of range",
+                ));
+            }
         }
         if let Some(&bad) = self.tokens.iter().find(|&&t| t as usize >= vocab_size) {
             return Err(Error::request(

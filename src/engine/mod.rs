@@ -2,4 +2,9 @@
 
 pub mod batch;
 pub mod generator;
+pub mod llm_engine;
+pub mod model_runner;
 pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod text_stream;
