@@ -1,106 +1,306 @@
-//! `nanovllm bench`: prefill and decode throughput at batch 1, and peak memory.
+//! `nanovllm bench`: latency (prefill / decode at batch 1), throughput (many concurrent
+//! requests vs one at a time) and multi-turn chat (time to first token per turn, with and
+//! without prefix caching). Prompts are random token ids; peak memory is the process's VmHWM.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nanovllm::engine::generator::Generator;
+use nanovllm::llm::{EngineConfig, Prompt, LLM};
 use nanovllm::sampling_params::SamplingParams;
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::engine_args::EngineArgs;
+
+/// What to measure.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Prefill and decode speed of one request at a time.
+    Latency,
+    /// Many concurrent requests with random lengths, against running them one by one.
+    Throughput,
+    /// Chats of growing length: time to first token per turn, prefix cache on and off.
+    Multiturn,
+}
 
 /// Arguments of `bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (config.json + safetensors).
+    /// Model directory.
     #[arg(long)]
     model: PathBuf,
-    /// Prompt lengths to measure prefill at.
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Latency)]
+    mode: Mode,
+    /// Latency: prompt lengths for prefill.
     #[arg(long, value_delimiter = ',', default_values_t = [512usize, 2048])]
     prompt_lens: Vec<usize>,
-    /// New tokens to measure decode over.
+    /// Latency: new tokens for decode.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
-    /// Repetitions of each measurement (the best is reported).
+    /// Latency: repetitions (best reported).
     #[arg(long, default_value_t = 1)]
     reps: usize,
-    /// Largest number of prompt tokens per forward pass.
-    #[arg(long, default_value_t = 2048)]
-    prefill_chunk: usize,
+    /// Throughput: number of requests.
+    #[arg(long, default_value_t = 32)]
+    num_requests: usize,
+    /// Throughput: prompt length range `min,max`.
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 512])]
+    input_len: Vec<usize>,
+    /// Throughput: output length range `min,max`.
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 256])]
+    output_len: Vec<usize>,
+    /// Throughput: also run the requests one at a time and report the speed-up.
+    #[arg(long)]
+    compare_sequential: bool,
+    /// Multiturn: turns per conversation.
+    #[arg(long, default_value_t = 8)]
+    turns: usize,
+    /// Multiturn: new user tokens per turn.
+    #[arg(long, default_value_t = 448)]
+    turn_tokens: usize,
+    /// Multiturn: generated tokens per turn.
+    #[arg(long, default_value_t = 64)]
+    answer_tokens: usize,
+    /// Multiturn: conversations interleaved turn by turn on one engine.
+    #[arg(long, default_value_t = 1)]
+    conversations: usize,
+    /// Random seed of the synthetic prompts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let load_start = Instant::now();
-    let model = nanovllm::models::load(&args.model)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let load_s = load_start.elapsed().as_secs_f64();
-    let vocab = model.info().vocab_size as u32;
-    let max_prompt = args.prompt_lens.iter().copied().max().unwrap_or(0);
-    let mut gen = Generator::new(model, max_prompt.max(1) + args.decode_tokens + 1);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let mut random_tokens =
-        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(0..vocab)).collect() };
-
-    let mut results = Vec::new();
-    for &len in &args.prompt_lens {
-        let prompt = random_tokens(len);
-        let mut best = f64::INFINITY;
-        for _ in 0..args.reps.max(1) {
-            gen.reset();
-            let t = Instant::now();
-            gen.extend(&prompt, args.prefill_chunk)?;
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        results.push((format!("prefill {len}"), len as f64 / best, best));
-        eprintln!("prefill {len}: {:.1} tok/s", len as f64 / best);
-    }
-    let params = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy(args.decode_tokens)
+    let report = match args.mode {
+        Mode::Latency => latency(&args)?,
+        Mode::Throughput => throughput(&args)?,
+        Mode::Multiturn => multiturn(&args)?,
     };
-    let mut best = f64::INFINITY;
-    for _ in 0..args.reps.max(1) {
-        let prompt = random_tokens(1);
-        let g = gen.generate(&prompt, &params, args.prefill_chunk, |_| Ok(()))?;
-        let per_tok =
-            g.decode_time.as_secs_f64() / (g.tokens.len().saturating_sub(1)).max(1) as f64;
-        best = best.min(per_tok);
-    }
-    results.push((format!("decode {}", args.decode_tokens), 1.0 / best, best));
-    eprintln!("decode: {:.1} tok/s", 1.0 / best);
-    let peak = peak_rss_bytes();
-
+    let report = json!({
+        "model": args.model,
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "threads": rayon::current_num_threads(),
+        "peak_rss_mib": peak_rss_bytes() as f64 / 1048576.0,
+        "results": report,
+    });
     if args.json {
-        let rows: Vec<_> = results
-            .iter()
-            .map(
-                |(w, tps, s)| serde_json::json!({"workload": w, "tokens_per_s": tps, "seconds": s}),
-            )
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"model": args.model, "threads": rayon::current_num_threads(),
-                "load_seconds": load_s, "peak_rss_bytes": peak, "results": rows})
-        );
+        println!("{report}");
     } else {
-        println!(
-            "model {}  threads {}",
-            args.model.display(),
-            rayon::current_num_threads()
-        );
-        println!("{:<16} {:>12}", "workload", "tok/s");
-        for (w, tps, _) in &results {
-            println!("{w:<16} {tps:>12.1}");
-        }
-        println!(
-            "peak RSS {:.0} MiB (load {:.1}s)",
-            peak as f64 / 1048576.0,
-            load_s
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+fn load(args: &Args, cfg: EngineConfig) -> anyhow::Result<LLM> {
+    let llm =
+        LLM::new(&args.model, cfg).with_context(|| format!("loading {}", args.model.display()))?;
+    eprintln!("{}", llm.memory_plan());
+    Ok(llm)
+}
+
+fn random_prompt(rng: &mut StdRng, vocab: u32, len: usize) -> Vec<u32> {
+    (0..len).map(|_| rng.gen_range(0..vocab)).collect()
+}
+
+fn vocab(llm: &mut LLM) -> u32 {
+    llm.engine_mut().runner().model().info().vocab_size as u32
+}
+
+fn latency(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let max_prompt = args.prompt_lens.iter().copied().max().unwrap_or(1);
+    let cfg = EngineConfig {
+        enable_prefix_caching: false,
+        max_num_batched_tokens: args.engine.max_num_batched_tokens.max(max_prompt),
+        ..args.engine.config()
+    };
+    let mut llm = load(args, cfg)?;
+    let v = vocab(&mut llm);
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut rows = Vec::new();
+    for &len in &args.prompt_lens {
+        let mut best = Duration::MAX;
+        for _ in 0..args.reps.max(1) {
+            let p = Prompt::Tokens(random_prompt(&mut rng, v, len));
+            let out = llm
+                .generate(&[p], &[SamplingParams::greedy(1)], false)?
+                .remove(0)?;
+            best = best.min(out.metrics.time_to_first_token.unwrap_or_default());
+        }
+        let tps = len as f64 / best.as_secs_f64().max(1e-9);
+        eprintln!("prefill {len}: {tps:.1} tok/s");
+        rows.push(json!({"workload": format!("prefill {len}"), "tokens_per_s": tps}));
+    }
+    let mut best = 0f64;
+    for _ in 0..args.reps.max(1) {
+        let p = Prompt::Tokens(random_prompt(&mut rng, v, 1));
+        let params = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(args.decode_tokens)
+        };
+        let out = llm.generate(&[p], &[params], false)?.remove(0)?;
+        best = best.max(out.metrics.decode_tokens_per_s.unwrap_or(0.0));
+    }
+    eprintln!("decode {}: {best:.1} tok/s", args.decode_tokens);
+    rows.push(json!({"workload": format!("decode {}", args.decode_tokens), "tokens_per_s": best}));
+    Ok(json!(rows))
+}
+
+fn range(v: &[usize], rng: &mut StdRng) -> usize {
+    let (lo, hi) = (
+        v.first().copied().unwrap_or(1),
+        v.get(1).copied().unwrap_or(1),
+    );
+    rng.gen_range(lo.min(hi)..=hi.max(lo)).max(1)
+}
+
+fn percentiles(mut xs: Vec<f64>) -> serde_json::Value {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        xs.get(((xs.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    json!({"mean": mean, "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)})
+}
+
+fn throughput(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let mut llm = load(args, args.engine.config())?;
+    let v = vocab(&mut llm);
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut prompts = Vec::new();
+    let mut params = Vec::new();
+    for _ in 0..args.num_requests {
+        let len = range(&args.input_len, &mut rng);
+        prompts.push(Prompt::Tokens(random_prompt(&mut rng, v, len)));
+        params.push(SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(range(&args.output_len, &mut rng))
+        });
+    }
+    let run_all = |llm: &mut LLM, one_at_a_time: bool| -> anyhow::Result<serde_json::Value> {
+        let start = Instant::now();
+        let mut outs = Vec::new();
+        if one_at_a_time {
+            for (p, sp) in prompts.iter().zip(&params) {
+                outs.extend(llm.generate(
+                    std::slice::from_ref(p),
+                    std::slice::from_ref(sp),
+                    false,
+                )?);
+            }
+        } else {
+            outs = llm.generate(&prompts, &params, true)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let outs: Vec<_> = outs.into_iter().collect::<Result<_, _>>()?;
+        let out_tokens: usize = outs.iter().map(|o| o.outputs[0].token_ids.len()).sum();
+        let in_tokens: usize = outs.iter().map(|o| o.prompt_token_ids.len()).sum();
+        let ttft: Vec<f64> = outs
+            .iter()
+            .filter_map(|o| o.metrics.time_to_first_token.map(|d| d.as_secs_f64()))
+            .collect();
+        let tpot: Vec<f64> = outs
+            .iter()
+            .filter_map(|o| o.metrics.decode_tokens_per_s.map(|t| 1.0 / t))
+            .collect();
+        Ok(json!({
+            "seconds": secs,
+            "requests": outs.len(),
+            "output_tokens_per_s": out_tokens as f64 / secs,
+            "total_tokens_per_s": (in_tokens + out_tokens) as f64 / secs,
+            "ttft_s": percentiles(ttft),
+            "tpot_s": percentiles(tpot),
+        }))
+    };
+    let concurrent = run_all(&mut llm, false)?;
+    eprintln!("concurrent: {concurrent}");
+    let mut report = json!({"concurrent": concurrent});
+    if args.compare_sequential {
+        let sequential = run_all(&mut llm, true)?;
+        eprintln!("one at a time: {sequential}");
+        let ratio = concurrent["output_tokens_per_s"].as_f64().unwrap_or(0.0)
+            / sequential["output_tokens_per_s"]
+                .as_f64()
+                .unwrap_or(1.0)
+                .max(1e-9);
+        report["sequential"] = sequential;
+        report["speedup"] = json!(ratio);
+    }
+    Ok(report)
+}
+
+fn multiturn(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let mut report = serde_json::Map::new();
+    for caching in [true, false] {
+        let cfg = EngineConfig {
+            enable_prefix_caching: caching,
+            ..args.engine.config()
+        };
+        let mut llm = load(args, cfg)?;
+        let v = vocab(&mut llm);
+        let mut rng = StdRng::seed_from_u64(args.seed);
+        let mut convs: Vec<Vec<u32>> = vec![Vec::new(); args.conversations.max(1)];
+        let mut turns = Vec::new();
+        let mut transcripts: Vec<Vec<u32>> = Vec::new();
+        for turn in 0..args.turns {
+            for (c, conv) in convs.iter_mut().enumerate() {
+                conv.extend(random_prompt(&mut rng, v, args.turn_tokens));
+                let params = SamplingParams {
+                    ignore_eos: true,
+                    ..SamplingParams::greedy(args.answer_tokens)
+                };
+                let out = llm
+                    .generate(&[Prompt::Tokens(conv.clone())], &[params], false)?
+                    .remove(0)?;
+                let answer = out.outputs[0].token_ids.clone();
+                let ttft = out
+                    .metrics
+                    .time_to_first_token
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                let computed = conv.len() - out.metrics.num_cached_tokens;
+                eprintln!(
+                    "caching={caching} conv {c} turn {turn}: prompt {} cached {} computed {computed} ttft {ttft:.3}s",
+                    conv.len(),
+                    out.metrics.num_cached_tokens
+                );
+                turns.push(
+                    json!({"conversation": c, "turn": turn, "prompt_tokens": conv.len(),
+                    "cached_tokens": out.metrics.num_cached_tokens, "computed_tokens": computed,
+                    "ttft_s": ttft}),
+                );
+                transcripts.push(answer.clone());
+                conv.extend(answer);
+            }
+        }
+        report.insert(
+            if caching {
+                "prefix_caching"
+            } else {
+                "no_prefix_caching"
+            }
+            .into(),
+            json!({"turns": turns, "answers": transcripts}),
+        );
+    }
+    let same = report.get("prefix_caching").map(|r| &r["answers"])
+        == report.get("no_prefix_caching").map(|r| &r["answers"]);
+    eprintln!("answers identical with and without prefix caching: {same}");
+    for r in report.values_mut() {
+        if let Some(o) = r.as_object_mut() {
+            o.remove("answers");
+        }
+    }
+    report.insert("identical_outputs".into(), json!(same));
+    Ok(serde_json::Value::Object(report))
 }
 
 /// Peak resident set size of this process (VmHWM), or 0 where /proc is unavailable.

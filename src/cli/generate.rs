@@ -1,13 +1,14 @@
-//! `nanovllm generate`: stream a completion of one prompt to stdout.
+//! `nanovllm generate`: stream one completion to stdout, or run a file of prompts through the
+//! continuous-batching engine and write one JSON line per prompt.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use nanovllm::engine::generator::Generator;
+use nanovllm::llm::{Prompt, LLM};
 use nanovllm::sampling_params::SamplingParams;
-use nanovllm::tokenizer::detokenizer::Detokenizer;
-use nanovllm::tokenizer::Tokenizer;
+
+use super::engine_args::EngineArgs;
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
@@ -15,9 +16,15 @@ pub struct Args {
     /// Model directory (config.json + safetensors + tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    /// The prompt text.
+    /// The prompt text (streams the completion to stdout).
+    #[arg(long, conflicts_with = "prompts_file")]
+    prompt: Option<String>,
+    /// A file with one prompt per line; writes one JSON object per prompt.
     #[arg(long)]
-    prompt: String,
+    prompts_file: Option<PathBuf>,
+    /// Where to write the JSON lines (default: stdout).
+    #[arg(long)]
+    output: Option<PathBuf>,
     /// Maximum new tokens.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
@@ -33,15 +40,20 @@ pub struct Args {
     /// Drop tokens below min_p times the top probability.
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
+    /// Penalty > 1 discourages repeating prompt and output tokens.
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
     /// Random seed (reproducible sampling).
     #[arg(long)]
     seed: Option<u64>,
+    /// Stop when this string appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
     /// Keep generating after end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
-    /// Largest number of prompt tokens per forward pass.
-    #[arg(long, default_value_t = 512)]
-    prefill_chunk: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -50,49 +62,107 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         top_p: args.top_p,
         top_k: args.top_k,
         min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
         seed: args.seed,
         max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
         ..SamplingParams::default()
     };
     params.validate()?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
-    let model = nanovllm::models::load(&args.model)
+    let mut llm = LLM::new(&args.model, args.engine.config())
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let prompt = tokenizer.encode(&args.prompt, true)?;
-    if prompt.is_empty() {
-        anyhow::bail!("the prompt encodes to no tokens");
+    eprintln!("{}", llm.memory_plan());
+    match (&args.prompt, &args.prompts_file) {
+        (Some(prompt), _) => stream_one(&mut llm, prompt, params),
+        (None, Some(file)) => run_file(&mut llm, file, args.output.as_ref(), params),
+        (None, None) => anyhow::bail!("give --prompt TEXT or --prompts-file FILE"),
     }
-    let max_len = prompt.len() + args.max_tokens;
-    if let Some(limit) = model.info().max_position_embeddings {
-        if max_len > limit {
-            anyhow::bail!(
-                "prompt ({} tokens) + max_tokens ({}) exceeds the model's context ({limit})",
-                prompt.len(),
-                args.max_tokens
-            );
+}
+
+fn stream_one(llm: &mut LLM, prompt: &str, params: SamplingParams) -> anyhow::Result<()> {
+    let tokens = llm.tokenize(&Prompt::Text(prompt.to_string()))?;
+    let n_prompt = tokens.len();
+    let engine = llm.engine_mut();
+    engine.add_request("cli", tokens, params)?;
+    let mut out = std::io::stdout().lock();
+    let mut metrics = None;
+    let mut n_out = 0;
+    while engine.has_unfinished() {
+        for update in engine.step()? {
+            n_out += update.new_token_ids.len();
+            out.write_all(update.new_text.as_bytes())?;
+            out.flush()?;
+            if let Some((reason, _)) = update.finish {
+                metrics = update.metrics.map(|m| (m, reason));
+            }
         }
     }
-    let mut generator = Generator::new(model, max_len);
-    let mut detok = Detokenizer::new(&prompt, true);
-    let mut out = std::io::stdout().lock();
-    let result = generator.generate(&prompt, &params, args.prefill_chunk, |id| {
-        let text = detok.push(&tokenizer, id)?;
-        let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
-        Ok(())
-    })?;
-    let rest = detok.flush(&tokenizer)?;
-    writeln!(out, "{rest}")?;
-    let prefill_s = result.prefill_time.as_secs_f64();
-    let decode_s = result.decode_time.as_secs_f64();
-    eprintln!(
-        "prompt {} tokens in {:.3}s ({:.1} tok/s); generated {} tokens, decode {:.1} tok/s; finish: {:?}",
-        prompt.len(),
-        prefill_s,
-        prompt.len() as f64 / prefill_s.max(1e-9),
-        result.tokens.len(),
-        (result.tokens.len().saturating_sub(1)) as f64 / decode_s.max(1e-9),
-        result.finish_reason
+    writeln!(out)?;
+    if let Some((m, reason)) = metrics {
+        let ttft = m.time_to_first_token.unwrap_or_default().as_secs_f64();
+        eprintln!(
+            "prompt {n_prompt} tokens, time to first token {ttft:.3}s ({:.1} tok/s prefill); \
+             generated {n_out} tokens at {:.1} tok/s; finish: {reason:?}",
+            n_prompt as f64 / ttft.max(1e-9),
+            m.decode_tokens_per_s.unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
+
+fn run_file(
+    llm: &mut LLM,
+    file: &PathBuf,
+    output: Option<&PathBuf>,
+    params: SamplingParams,
+) -> anyhow::Result<()> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
     );
+    let prompts: Vec<Prompt> = reader
+        .lines()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(Prompt::Text)
+        .collect();
+    let texts: Vec<String> = prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Tokens(_) => String::new(),
+        })
+        .collect();
+    let results = llm.generate(&prompts, &[params], true)?;
+    let mut sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut failed = 0;
+    for (prompt, result) in texts.iter().zip(results) {
+        let line = match result {
+            Ok(out) => serde_json::json!({
+                "prompt": prompt,
+                "text": out.outputs.first().map(|o| o.text.clone()).unwrap_or_default(),
+                "token_ids": out.outputs.first().map(|o| o.token_ids.clone()).unwrap_or_default(),
+                "finish_reason": out.outputs.first().and_then(|o| o.finish_reason),
+                "prompt_tokens": out.prompt_token_ids.len(),
+                "cached_tokens": out.metrics.num_cached_tokens,
+                "time_to_first_token_s": out.metrics.time_to_first_token.map(|d| d.as_secs_f64()),
+                "decode_tokens_per_s": out.metrics.decode_tokens_per_s,
+            }),
+            Err(e) => {
+                failed += 1;
+                serde_json::json!({"prompt": prompt, "error": e.to_string()})
+            }
+        };
+        writeln!(sink, "{line}")?;
+    }
+    if failed > 0 {
+        eprintln!("{failed} prompt(s) failed; see the \"error\" fields");
+    }
     Ok(())
 }

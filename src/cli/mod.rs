@@ -1,6 +1,7 @@
 //! Subcommands of the `nanovllm` binary. Results go to stdout, progress and logs to stderr.
 
 mod bench;
+mod engine_args;
 mod generate;
 mod info;
 mod validate;

@@ -1,7 +1,6 @@
 //! The path from tokens to sampled tokens: batches, the model runner and the sampler.
 
 pub mod batch;
-pub mod generator;
 pub mod llm_engine;
 pub mod model_runner;
 pub mod sampler;
