@@ -1,6 +1,7 @@
 //! The path from tokens to sampled tokens: batches, the model runner and the sampler.
 
 pub mod batch;
+pub mod engine_thread;
 pub mod llm_engine;
 pub mod model_runner;
 pub mod sampler;
