@@ -50,7 +50,7 @@ enum Command {
     Add {
         id: String,
         prompt: Vec<u32>,
-        params: SamplingParams,
+        params: Box<SamplingParams>,
         out: UnboundedSender<StreamEvent>,
     },
     Abort(String),
@@ -179,7 +179,7 @@ impl EngineHandle {
             .send(Command::Add {
                 id,
                 prompt,
-                params,
+                params: Box::new(params),
                 out,
             })
             .is_err()
@@ -230,7 +230,7 @@ fn engine_loop(
                 out,
             }) => {
                 let n = params.n;
-                match engine.add_request(&id, prompt, params) {
+                match engine.add_request(&id, prompt, *params) {
                     Ok(()) => {
                         live.insert(id, Live { out, unfinished: n });
                     }
