@@ -231,13 +231,24 @@ pub fn build_engine(
     ))
 }
 
-/// Sets the size of the global compute thread pool (first call wins).
+/// Sizes the global compute thread pool (first call wins) and pins the thread count that
+/// candle's matmul asks for on every call (otherwise it re-reads /proc/cpuinfo each time).
 pub fn init_threads(threads: Option<usize>) {
-    if let Some(n) = threads {
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+    let n = threads
+        .or_else(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    if std::env::var("RAYON_NUM_THREADS").ok().as_deref() != Some(&n.to_string()) {
+        // Set before the pool and any worker thread start, as the first thing a process does.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
 }
 
 /// An offline LLM: load once, generate for many prompts.

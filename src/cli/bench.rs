@@ -77,6 +77,13 @@ pub struct Args {
     engine: EngineArgs,
 }
 
+impl Args {
+    /// The requested compute threads.
+    pub fn threads(&self) -> Option<usize> {
+        self.engine.threads
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let report = match args.mode {
         Mode::Latency => latency(&args)?,

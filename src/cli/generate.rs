@@ -56,6 +56,13 @@ pub struct Args {
     engine: EngineArgs,
 }
 
+impl Args {
+    /// The requested compute threads.
+    pub fn threads(&self) -> Option<usize> {
+        self.engine.threads
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let params = SamplingParams {
         temperature: args.temperature,

@@ -30,6 +30,12 @@ enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = match &cli.command {
+        Command::Generate(a) => a.threads(),
+        Command::Bench(a) => a.threads(),
+        _ => None,
+    };
+    nanovllm::llm::init_threads(threads);
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
