@@ -14,6 +14,8 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    engine: super::engine_args::EngineArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -21,6 +23,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.model.display()))?;
     let info = model.info();
     let costs = model.cache_costs();
+    let plan = nanovllm::llm::plan_memory(model.as_ref(), &args.engine.config())?;
     let pattern: String = info
         .layer_kinds
         .iter()
@@ -49,6 +52,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "state_bytes_per_sequence": costs.state_bytes_per_seq,
             "kv_bytes_per_token": costs.kv_bytes_per_token,
             "max_position_embeddings": info.max_position_embeddings,
+            "plan": {
+                "kv_tokens": plan.kv_tokens,
+                "state_slots": plan.state_slots,
+                "prefix_snapshots": plan.snapshots,
+                "max_model_len": plan.max_model_len,
+            },
         });
         println!("{v}");
     } else {
@@ -86,6 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(m) = info.max_position_embeddings {
             println!("max positions       {m}");
         }
+        println!("with these engine options: {plan}");
     }
     Ok(())
 }
