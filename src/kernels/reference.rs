@@ -63,14 +63,11 @@ pub struct ScanDims {
 
 /// Inputs of one sequence's scan, row-major over its L tokens.
 pub struct ScanInputs<'a> {
-    /// `[L, n_heads * head_dim]` post-conv x.
-    pub x: &'a [f32],
+    /// `[L, conv_dim]` post-conv rows: x (`n_heads * head_dim`), then B and C
+    /// (`n_groups * d_state` each).
+    pub xbc: &'a [f32],
     /// `[L, n_heads]` dt after softplus (and clamp).
     pub dt: &'a [f32],
-    /// `[L, n_groups * d_state]`.
-    pub b: &'a [f32],
-    /// `[L, n_groups * d_state]`.
-    pub c: &'a [f32],
     /// `[n_heads]`, `A = -exp(A_log)`.
     pub a: &'a [f32],
     /// `[n_heads]` skip.
@@ -88,14 +85,16 @@ pub fn ssm_scan_head(inp: &ScanInputs, dims: ScanDims, head: usize, state: &mut 
     } = dims;
     let g = head / (n_heads / n_groups);
     let len = inp.dt.len() / n_heads;
-    let gn = n_groups * n;
+    let (di, gn) = (n_heads * p, n_groups * n);
+    let width = di + 2 * gn;
     let mut y = vec![0f32; len * p];
     for t in 0..len {
+        let row = &inp.xbc[t * width..(t + 1) * width];
         let dt = inp.dt[t * n_heads + head];
         let decay = (dt * inp.a[head]).exp();
-        let b = &inp.b[t * gn + g * n..t * gn + (g + 1) * n];
-        let c = &inp.c[t * gn + g * n..t * gn + (g + 1) * n];
-        let x = &inp.x[t * n_heads * p + head * p..t * n_heads * p + (head + 1) * p];
+        let x = &row[head * p..(head + 1) * p];
+        let b = &row[di + g * n..di + (g + 1) * n];
+        let c = &row[di + gn + g * n..di + gn + (g + 1) * n];
         for (pi, srow) in state.chunks_mut(n).enumerate() {
             let dtx = dt * x[pi];
             let mut acc = 0f32;
@@ -109,19 +108,33 @@ pub fn ssm_scan_head(inp: &ScanInputs, dims: ScanDims, head: usize, state: &mut 
     y
 }
 
-/// Scans every head of one sequence in parallel; `state` is `[n_heads, P, N]`, `y` is
-/// `[L, n_heads * P]`.
-pub fn ssm_scan(inp: &ScanInputs, dims: ScanDims, state: &mut [f32], y: &mut [f32]) {
+/// Scans every head of several sequences at once, in parallel over (sequence, head). `states[i]`
+/// is sequence i's `[n_heads, P, N]` state; `ys[i]` receives its `[L_i, n_heads * P]` output.
+pub fn ssm_scan_batch(
+    inputs: &[ScanInputs],
+    dims: ScanDims,
+    states: Vec<&mut [f32]>,
+    ys: Vec<&mut [f32]>,
+) {
     let (p, n) = (dims.head_dim, dims.d_state);
-    let per_head: Vec<Vec<f32>> = state
-        .par_chunks_mut(p * n)
+    let tasks: Vec<(usize, usize, &mut [f32])> = states
+        .into_iter()
         .enumerate()
-        .map(|(h, s)| ssm_scan_head(inp, dims, h, s))
+        .flat_map(|(si, st)| {
+            st.chunks_mut(p * n)
+                .enumerate()
+                .map(move |(h, s)| (si, h, s))
+        })
+        .collect();
+    let outs: Vec<(usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(si, h, s)| (si, h, ssm_scan_head(&inputs[si], dims, h, s)))
         .collect();
     let width = dims.n_heads * p;
-    for (h, yh) in per_head.iter().enumerate() {
+    let mut ys = ys;
+    for (si, h, yh) in outs {
         for (t, row) in yh.chunks(p).enumerate() {
-            y[t * width + h * p..t * width + (h + 1) * p].copy_from_slice(row);
+            ys[si][t * width + h * p..t * width + (h + 1) * p].copy_from_slice(row);
         }
     }
 }

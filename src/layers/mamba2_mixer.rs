@@ -11,7 +11,9 @@ use super::{from_vec, to_vec};
 use crate::cache::{StateCache, StateShape};
 use crate::engine::batch::Batch;
 use crate::error::Result;
-use crate::kernels::reference::{causal_conv1d_silu, softplus, ssm_scan, ScanDims, ScanInputs};
+use crate::kernels::reference::{
+    causal_conv1d_silu, softplus, ssm_scan_batch, ScanDims, ScanInputs,
+};
 use crate::loader::safetensors::WeightStore;
 
 /// Geometry of a Mamba2 mixer.
@@ -122,12 +124,7 @@ impl Mamba2Mixer {
     pub fn forward(&self, x: &Tensor, batch: &Batch, cache: &mut StateCache) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         let cfg = &self.cfg;
-        let (di, cd, nh, gn) = (
-            cfg.d_inner(),
-            cfg.conv_dim(),
-            cfg.n_heads,
-            cfg.n_groups * cfg.d_state,
-        );
+        let (di, cd, nh) = (cfg.d_inner(), cfg.conv_dim(), cfg.n_heads);
         let width = di + cd + nh;
         let proj = to_vec(&self.in_proj.forward(x)?)?;
 
@@ -149,53 +146,52 @@ impl Mamba2Mixer {
         let mut conv_out = vec![0f32; tokens * cd];
         let mut y = vec![0f32; tokens * di];
         let slots: Vec<usize> = batch.seqs.iter().map(|s| s.state_slot).collect();
-        let states = cache.slots_mut(&slots)?;
+        let (conv_states, mut ssm_states): (Vec<_>, Vec<_>) =
+            cache.slots_mut(&slots)?.into_iter().unzip();
+        for ((s, conv_state), ssm_state) in batch
+            .seqs
+            .iter()
+            .zip(conv_states)
+            .zip(ssm_states.iter_mut())
+        {
+            if s.past_len == 0 {
+                conv_state.fill(0.0);
+                ssm_state.fill(0.0);
+            }
+            let rows = s.start * cd..(s.start + s.len) * cd;
+            causal_conv1d_silu(
+                &xbc[rows.clone()],
+                conv_state,
+                &self.conv_weight,
+                &self.conv_bias,
+                cfg.d_conv,
+                &mut conv_out[rows],
+            );
+        }
+        let inputs: Vec<ScanInputs> = batch
+            .seqs
+            .iter()
+            .map(|s| ScanInputs {
+                xbc: &conv_out[s.start * cd..(s.start + s.len) * cd],
+                dt: &dt[s.start * nh..(s.start + s.len) * nh],
+                a: &self.a,
+                d: &self.d,
+            })
+            .collect();
+        let mut ys = Vec::with_capacity(batch.seqs.len());
+        let mut rest = y.as_mut_slice();
+        for s in &batch.seqs {
+            let (head, tail) = rest.split_at_mut(s.len * di);
+            ys.push(head);
+            rest = tail;
+        }
         let dims = ScanDims {
             n_heads: nh,
             head_dim: cfg.head_dim,
             d_state: cfg.d_state,
             n_groups: cfg.n_groups,
         };
-        for (s, (conv_state, ssm_state)) in batch.seqs.iter().zip(states) {
-            if s.past_len == 0 {
-                conv_state.fill(0.0);
-                ssm_state.fill(0.0);
-            }
-            let rows = s.start..s.start + s.len;
-            let out = &mut conv_out[rows.start * cd..rows.end * cd];
-            causal_conv1d_silu(
-                &xbc[rows.start * cd..rows.end * cd],
-                conv_state,
-                &self.conv_weight,
-                &self.conv_bias,
-                cfg.d_conv,
-                out,
-            );
-            let (mut xs, mut bs, mut cs) = (
-                Vec::with_capacity(s.len * di),
-                Vec::with_capacity(s.len * gn),
-                Vec::with_capacity(s.len * gn),
-            );
-            for row in out.chunks(cd) {
-                xs.extend_from_slice(&row[..di]);
-                bs.extend_from_slice(&row[di..di + gn]);
-                cs.extend_from_slice(&row[di + gn..]);
-            }
-            let inputs = ScanInputs {
-                x: &xs,
-                dt: &dt[rows.start * nh..rows.end * nh],
-                b: &bs,
-                c: &cs,
-                a: &self.a,
-                d: &self.d,
-            };
-            ssm_scan(
-                &inputs,
-                dims,
-                ssm_state,
-                &mut y[rows.start * di..rows.end * di],
-            );
-        }
+        ssm_scan_batch(&inputs, dims, ssm_states, ys);
         self.norm.forward_in_place(&mut y, &z);
         self.out_proj.forward(&from_vec(y, tokens, di)?)
     }
