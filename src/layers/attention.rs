@@ -10,7 +10,7 @@ use super::rope::Rope;
 use super::{from_vec, to_vec};
 use crate::cache::KvCache;
 use crate::engine::batch::Batch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::loader::safetensors::WeightStore;
 
 /// Geometry and scaling of an attention layer.
@@ -55,6 +55,43 @@ impl Attention {
             v_proj: Linear::load(store, &format!("{prefix}.v_proj"), kv, h, cfg.bias)?,
             o_proj: Linear::load(store, &format!("{prefix}.o_proj"), h, q, cfg.bias)?,
             cfg,
+        })
+    }
+
+    /// Builds attention from projections the caller has already loaded (e.g. split out of a
+    /// fused QKV weight), checking their shapes against `cfg`.
+    pub fn from_projections(
+        cfg: AttentionConfig,
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+        o_proj: Linear,
+    ) -> Result<Self> {
+        let (h, q, kv) = (
+            cfg.hidden_size,
+            cfg.n_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+        );
+        for (name, l, shape) in [
+            ("q_proj", &q_proj, [q, h]),
+            ("k_proj", &k_proj, [kv, h]),
+            ("v_proj", &v_proj, [kv, h]),
+            ("o_proj", &o_proj, [h, q]),
+        ] {
+            if l.weight().dims() != shape {
+                return Err(Error::ShapeMismatch {
+                    name: name.into(),
+                    expected: shape.to_vec(),
+                    got: l.weight().dims().to_vec(),
+                });
+            }
+        }
+        Ok(Self {
+            cfg,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
         })
     }
 

@@ -1,8 +1,9 @@
-//! Token embedding lookup.
+//! Token embedding lookup, and learned absolute position embeddings (GPT-2 `wpe`).
 
 use candle_core::{Device, Tensor};
 
-use crate::error::Result;
+use crate::engine::batch::Batch;
+use crate::error::{Error, Result};
 use crate::loader::safetensors::WeightStore;
 
 /// A `[vocab, hidden]` embedding table.
@@ -37,5 +38,56 @@ impl Embedding {
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         self.table.elem_count()
+    }
+}
+
+/// Learned absolute position embeddings: row `p` of a `[max_positions, hidden]` table is added
+/// to the token at absolute position `p` (`past_len + i`), so chunked prefill and decode see the
+/// same rows as one whole-prompt forward.
+pub struct PositionEmbedding {
+    table: Embedding,
+    max_positions: usize,
+}
+
+impl PositionEmbedding {
+    /// Loads `name` of shape `[max_positions, hidden]`.
+    pub fn load(
+        store: &WeightStore,
+        name: &str,
+        max_positions: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            table: Embedding::load(store, name, max_positions, hidden)?,
+            max_positions,
+        })
+    }
+
+    /// `[tokens, hidden]` rows for every token of `batch`, at its absolute position.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let positions = batch
+            .positions()
+            .into_iter()
+            .map(|p| {
+                u32::try_from(p)
+                    .ok()
+                    .filter(|_| p < self.max_positions)
+                    .ok_or_else(|| {
+                        Error::request(
+                            "positions",
+                            format!(
+                                "position {p} is beyond the model's {} learned positions",
+                                self.max_positions
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        self.table.forward(&positions, 1.0)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.table.num_params()
     }
 }

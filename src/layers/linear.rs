@@ -34,6 +34,38 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// Loads a GPT-2 style `Conv1D` (`{prefix}.weight` stored `[in, out]`, plus `{prefix}.bias`),
+    /// transposed once here so the forward is the usual `x Wᵀ + b`.
+    pub fn load_conv1d(
+        store: &WeightStore,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<Self> {
+        let weight = store
+            .f32(&format!("{prefix}.weight"), &[in_features, out_features])?
+            .t()?
+            .contiguous()?;
+        let bias = store.f32(&format!("{prefix}.bias"), &[out_features])?;
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+        })
+    }
+
+    /// A projection onto a subset of this one's outputs: rows `rows` of the weight and bias, in
+    /// that order (used to split fused q/k/v projections at load time).
+    pub fn select_outputs(&self, rows: &[u32]) -> Result<Self> {
+        let idx = Tensor::from_slice(rows, rows.len(), self.weight.device())?;
+        Ok(Self {
+            weight: self.weight.index_select(&idx, 0)?,
+            bias: match &self.bias {
+                Some(b) => Some(b.index_select(&idx, 0)?),
+                None => None,
+            },
+        })
+    }
+
     /// `[tokens, in] -> [tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.matmul(&self.weight.t()?)?;

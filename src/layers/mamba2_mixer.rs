@@ -10,10 +10,11 @@ use super::norm::GatedRmsNorm;
 use super::{from_vec, to_vec};
 use crate::cache::{StateCache, StateShape};
 use crate::engine::batch::Batch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::reference::{
     causal_conv1d_silu, softplus, ssm_scan_batch, ScanDims, ScanInputs,
 };
+use crate::loader::config_json::float_from_value;
 use crate::loader::safetensors::WeightStore;
 
 /// Geometry of a Mamba2 mixer.
@@ -61,6 +62,22 @@ impl Mamba2Config {
             head_dim: self.head_dim,
             d_state: self.d_state,
         }
+    }
+}
+
+/// Reads a config's `time_step_limit` (`[low, high]`, numbers or any spelling of `Infinity`
+/// transformers writes); absent or null means no clamp.
+pub fn time_step_limit(limit: Option<&[serde_json::Value]>) -> Result<(f32, f32)> {
+    let Some(limit) = limit else {
+        return Ok((f32::NEG_INFINITY, f32::INFINITY));
+    };
+    let vals: Option<Vec<f64>> = limit.iter().map(float_from_value).collect();
+    match vals.as_deref() {
+        Some([lo, hi]) if lo <= hi => Ok((*lo as f32, *hi as f32)),
+        _ => Err(Error::config(
+            "time_step_limit",
+            format!("expected [low, high] with low <= high, got {limit:?}"),
+        )),
     }
 }
 

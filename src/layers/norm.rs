@@ -1,4 +1,5 @@
-//! RMSNorm, plain and gated (Mamba2's `y · silu(z)` normalised per group).
+//! RMSNorm, plain and gated (Mamba2's `y · silu(z)` normalised per group), and LayerNorm
+//! (GPT-2, Falcon).
 
 use candle_core::Tensor;
 
@@ -89,5 +90,69 @@ impl GatedRmsNorm {
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         self.weight.len()
+    }
+}
+
+/// `w ⊙ (v − mean(v)) / sqrt(var(v) + eps) + b` over the last dimension (biased variance, as
+/// `torch.nn.LayerNorm`).
+pub struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
+    pub fn load(store: &WeightStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: to_vec(&store.f32(&format!("{prefix}.weight"), &[dim])?)?,
+            bias: to_vec(&store.f32(&format!("{prefix}.bias"), &[dim])?)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalises each row of `[tokens, dim]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = x.dims2()?;
+        let mut v = to_vec(x)?;
+        for row in v.chunks_mut(cols) {
+            // Two passes in f64: mean first, then the variance about it, so large offsets in the
+            // residual stream do not cancel catastrophically.
+            let n = row.len() as f64;
+            let mean = row.iter().map(|&a| a as f64).sum::<f64>() / n;
+            let var = row.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + self.eps as f64).sqrt();
+            for ((a, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *a = ((*a as f64 - mean) * inv) as f32 * w + b;
+            }
+        }
+        from_vec(v, rows, cols)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.weight.len() + self.bias.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_matches_the_formula() {
+        let ln = LayerNorm {
+            weight: vec![1.0, 2.0, 0.5, 1.0],
+            bias: vec![0.0, 0.1, -0.1, 1.0],
+            eps: 1e-5,
+        };
+        let x = from_vec(vec![1.0, 2.0, 3.0, 6.0], 1, 4).unwrap();
+        let y = to_vec(&ln.forward(&x).unwrap()).unwrap();
+        // mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5
+        let inv = 1.0 / (3.5f32 + 1e-5).sqrt();
+        let expect = [-2.0 * inv, -inv * 2.0 + 0.1, -0.1, 3.0 * inv + 1.0];
+        for (a, b) in y.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-6, "{y:?} vs {expect:?}");
+        }
     }
 }

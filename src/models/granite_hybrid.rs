@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
-use crate::layers::mamba2_mixer::{Mamba2Config, Mamba2Mixer};
+use crate::layers::mamba2_mixer::{time_step_limit, Mamba2Config, Mamba2Mixer};
 use crate::layers::mlp::GatedMlp;
 use crate::layers::moe::{Moe, MoeConfig};
 use crate::layers::norm::RmsNorm;
@@ -189,20 +189,6 @@ impl GraniteHybridConfig {
             .unwrap_or(10000.0)
     }
 
-    fn dt_limit(&self) -> Result<(f32, f32)> {
-        let Some(limit) = &self.time_step_limit else {
-            return Ok((f32::NEG_INFINITY, f32::INFINITY));
-        };
-        let vals: Option<Vec<f64>> = limit.iter().map(float_from_value).collect();
-        match vals.as_deref() {
-            Some([lo, hi]) if lo <= hi => Ok((*lo as f32, *hi as f32)),
-            _ => Err(Error::config(
-                "time_step_limit",
-                format!("expected [low, high] with low <= high, got {limit:?}"),
-            )),
-        }
-    }
-
     fn resolve(&self) -> Result<Resolved> {
         let positive = |field: &str, v: usize| {
             if v == 0 {
@@ -323,7 +309,7 @@ impl GraniteHybridConfig {
             d_conv: self.mamba_d_conv.max(1),
             conv_bias: self.mamba_conv_bias,
             proj_bias: self.mamba_proj_bias,
-            dt_limit: self.dt_limit()?,
+            dt_limit: time_step_limit(self.time_step_limit.as_deref())?,
             norm_eps: self.rms_norm_eps,
         };
 

@@ -2,7 +2,10 @@
 //! shared layers; this module holds the [`Model`] trait and the table that maps a checkpoint's
 //! `architectures` / `model_type` to a loader.
 
+pub mod falcon;
+pub mod gpt2;
 pub mod granite_hybrid;
+pub mod mamba2;
 
 use std::path::Path;
 
@@ -64,11 +67,16 @@ pub trait Model: Send + Sync {
 type Loader = fn(&serde_json::Value, &WeightStore) -> Result<Box<dyn Model>>;
 
 /// Supported architectures: (`architectures` class name, `model_type`, loader).
-const ARCHITECTURES: &[(&str, &str, Loader)] = &[(
-    "GraniteMoeHybridForCausalLM",
-    "granitemoehybrid",
-    granite_hybrid::load,
-)];
+const ARCHITECTURES: &[(&str, &str, Loader)] = &[
+    (
+        "GraniteMoeHybridForCausalLM",
+        "granitemoehybrid",
+        granite_hybrid::load,
+    ),
+    ("GPT2LMHeadModel", "gpt2", gpt2::load),
+    ("FalconForCausalLM", "falcon", falcon::load),
+    ("Mamba2ForCausalLM", "mamba2", mamba2::load),
+];
 
 /// Loads a model directory holding `config.json` and safetensors weights.
 pub fn load(dir: &Path) -> Result<Box<dyn Model>> {
