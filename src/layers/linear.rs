@@ -55,8 +55,10 @@ impl Linear {
 
     /// A projection onto a subset of this one's outputs: rows `rows` of the weight and bias, in
     /// that order (used to split fused q/k/v projections at load time).
-    pub fn select_outputs(&self, rows: &[u32]) -> Result<Self> {
-        let idx = Tensor::from_slice(rows, rows.len(), self.weight.device())?;
+    pub fn select_outputs(&self, rows: &[usize]) -> Result<Self> {
+        // Row indices of an existing tensor are below isize::MAX, so the i64 cast is exact.
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), self.weight.device())?;
         Ok(Self {
             weight: self.weight.index_select(&idx, 0)?,
             bias: match &self.bias {

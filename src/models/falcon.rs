@@ -255,10 +255,10 @@ impl FalconConfig {
 /// `heads/kv` query heads, then its key head, then its value head, each `head_dim` rows. This
 /// one rule covers all three forms: multi-query (`kv = 1`: `[q × heads, k, v]`), per-head MHA
 /// (`kv = heads`: `[q, k, v]` per head) and the new architecture's groups.
-pub fn split_qkv_rows(n_heads: usize, n_kv: usize, head_dim: usize) -> [Vec<u32>; 3] {
+pub fn split_qkv_rows(n_heads: usize, n_kv: usize, head_dim: usize) -> [Vec<usize>; 3] {
     let per_group = n_heads / n_kv;
     let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    let rows = |start: usize| (start..start + head_dim).map(|r| r as u32);
+    let rows = |start: usize| start..start + head_dim;
     for g in 0..n_kv {
         let base = g * (per_group + 2) * head_dim;
         for i in 0..per_group {

@@ -154,8 +154,7 @@ pub fn load(config: &serde_json::Value, store: &WeightStore) -> Result<Box<dyn M
         // c_attn's outputs are [q (H) | k (H) | v (H)], heads contiguous within each.
         let c_attn = Linear::load_conv1d(store, &format!("{p}.attn.c_attn"), h, 3 * h)?;
         let part = |k: usize| -> Result<Linear> {
-            let rows: Vec<u32> = (k * h..(k + 1) * h).map(|r| r as u32).collect();
-            c_attn.select_outputs(&rows)
+            c_attn.select_outputs(&(k * h..(k + 1) * h).collect::<Vec<_>>())
         };
         let attn_cfg = AttentionConfig {
             hidden_size: h,
