@@ -424,6 +424,13 @@ impl Model for Falcon {
         }
         let rows = batch.logits_row_indices();
         let n = rows.len();
+        if n == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.vocab_size),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
+        }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.ln_f.forward(&x)?;
         let head = match &self.lm_head {
