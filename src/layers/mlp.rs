@@ -9,6 +9,65 @@ use super::{from_vec, silu, to_vec};
 use crate::error::{Error, Result};
 use crate::loader::safetensors::WeightStore;
 
+/// An MLP activation, by its transformers `ACT2FN` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu` / `swish`: `x · sigmoid(x)`.
+    Silu,
+    /// `gelu_pytorch_tanh` / `gelu_new` (GPT-2): GELU, tanh approximation.
+    GeluTanh,
+    /// `gelu` (Falcon): exact GELU, `x · Φ(x)` with erf.
+    Gelu,
+    /// `relu`.
+    Relu,
+}
+
+impl Activation {
+    /// Parses a transformers activation name; `field` names the config key in errors.
+    pub fn parse(name: &str, field: &str) -> Result<Self> {
+        match name {
+            "silu" | "swish" => Ok(Self::Silu),
+            "gelu_pytorch_tanh" | "gelu_new" => Ok(Self::GeluTanh),
+            "gelu" => Ok(Self::Gelu),
+            "relu" => Ok(Self::Relu),
+            other => Err(Error::config(
+                field,
+                format!(
+                    "activation `{other}` is not supported (silu, gelu_pytorch_tanh, gelu_new, gelu, relu)"
+                ),
+            )),
+        }
+    }
+
+    /// Applies the activation to one value.
+    #[inline]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Self::Silu => silu(v),
+            Self::GeluTanh => gelu_tanh(v),
+            Self::Gelu => gelu_erf(v),
+            Self::Relu => v.max(0.0),
+        }
+    }
+}
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with PyTorch's constants and order of ops
+/// (`GeluKernel.cpp`, approximate="tanh").
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const BETA: f32 = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
+    const KAPPA: f32 = 0.044715;
+    let inner = BETA * (x + KAPPA * (x * x * x));
+    0.5 * x * (1.0 + inner.tanh())
+}
+
+/// `0.5·x·(1 + erf(x/√2))`, evaluated in f64 so the f32 result is correctly rounded.
+#[inline]
+pub fn gelu_erf(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2))) as f32
+}
+
 /// A SiLU-gated MLP with a fused gate/up projection.
 pub struct GatedMlp {
     gate_up: Linear,
@@ -67,45 +126,6 @@ pub fn swiglu(gate_up: &[f32], intermediate: usize) -> Vec<f32> {
     out
 }
 
-/// Element-wise activation of a plain [`Mlp`], by its transformers `ACT2FN` name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu`: exact, `x·Φ(x)` with erf (Falcon).
-    Gelu,
-    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation (GPT-2).
-    GeluTanh,
-    /// `relu`.
-    Relu,
-    /// `silu` / `swish`.
-    Silu,
-}
-
-impl Activation {
-    /// Parses a transformers activation name; `field` names the config field for the error.
-    pub fn from_hf(field: &str, name: &str) -> Result<Self> {
-        match name {
-            "gelu" => Ok(Self::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(Self::GeluTanh),
-            "relu" => Ok(Self::Relu),
-            "silu" | "swish" => Ok(Self::Silu),
-            other => Err(Error::config(
-                field,
-                format!("unsupported activation `{other}` (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"),
-            )),
-        }
-    }
-
-    /// Applies the activation element-wise.
-    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Self::Gelu => x.gelu_erf()?,
-            Self::GeluTanh => x.gelu()?,
-            Self::Relu => x.relu()?,
-            Self::Silu => x.silu()?,
-        })
-    }
-}
-
 /// A plain MLP `down(act(up(x)))`.
 pub struct Mlp {
     up: Linear,
@@ -121,7 +141,13 @@ impl Mlp {
 
     /// `[tokens, hidden] -> [tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.act.forward(&self.up.forward(x)?)?)
+        let h = self.up.forward(x)?;
+        let (rows, cols) = h.dims2()?;
+        let mut v = to_vec(&h)?;
+        for e in v.iter_mut() {
+            *e = self.act.apply(*e);
+        }
+        self.down.forward(&from_vec(v, rows, cols)?)
     }
 
     /// Number of parameters.
@@ -136,18 +162,19 @@ mod tests {
 
     #[test]
     fn gelu_variants_match_their_formulas() {
-        let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
-        let t = from_vec(xs.to_vec(), 1, xs.len()).unwrap();
-        let exact = to_vec(&Activation::Gelu.forward(&t).unwrap()).unwrap();
-        let tanh = to_vec(&Activation::GeluTanh.forward(&t).unwrap()).unwrap();
         // Φ(-0.5) = 0.3085375, Φ(0.7) = 0.7580364 (standard normal CDF).
-        assert!((exact[1] - (-0.5 * 0.308_537_5)).abs() < 1e-6);
-        assert!((exact[3] - 0.7 * 0.758_036_4).abs() < 1e-6);
-        for (x, y) in xs.iter().zip(&tanh) {
-            let c = (2.0f32 / std::f32::consts::PI).sqrt();
-            let want = 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh());
-            assert!((y - want).abs() < 1e-6);
+        assert!((Activation::Gelu.apply(-0.5) - (-0.5 * 0.308_537_5)).abs() < 1e-6);
+        assert!((Activation::Gelu.apply(0.7) - 0.7 * 0.758_036_4).abs() < 1e-6);
+        let c = (2.0f64 / std::f64::consts::PI).sqrt();
+        for x in [-3.0f32, -0.5, 0.0, 0.7, 2.5] {
+            let xd = x as f64;
+            let want = 0.5 * xd * (1.0 + (c * (xd + 0.044715 * xd * xd * xd)).tanh());
+            assert!((Activation::GeluTanh.apply(x) as f64 - want).abs() < 1e-6);
         }
-        assert!(Activation::from_hf("activation", "gelu_fast_typo").is_err());
+        assert_eq!(
+            Activation::parse("gelu_new", "activation_function").unwrap(),
+            Activation::GeluTanh
+        );
+        assert!(Activation::parse("gelu_fast_typo", "activation_function").is_err());
     }
 }

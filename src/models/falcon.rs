@@ -246,7 +246,7 @@ impl FalconConfig {
             },
             layout,
             ffn,
-            act: Activation::from_hf("activation", &self.activation)?,
+            act: Activation::parse(&self.activation, "activation")?,
         })
     }
 }

@@ -99,7 +99,7 @@ impl Gpt2Config {
         if self.layer_norm_epsilon.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(Error::config("layer_norm_epsilon", "must be positive"));
         }
-        let act = Activation::from_hf("activation_function", &self.activation_function)?;
+        let act = Activation::parse(&self.activation_function, "activation_function")?;
         Ok((self.n_embd / self.n_head, inner, act))
     }
 
