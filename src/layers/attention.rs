@@ -1,11 +1,14 @@
 //! Causal grouped-query attention over a paged KV cache. New keys/values are written into the
 //! cache first; every query then attends to its own sequence's cached positions `0..=pos`
 //! through the block table, so prefill, chunked prefill and decode share one code path.
+//! [`AttentionOptions`] adds the per-architecture variations on that one path: a sliding window
+//! over the keys, tanh soft-capping of the scores, and per-head q/k RMSNorm before RoPE.
 
 use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::linear::Linear;
+use super::norm::RmsNorm;
 use super::rope::Rope;
 use super::{from_vec, to_vec};
 use crate::cache::KvCache;
@@ -32,29 +35,79 @@ pub struct AttentionConfig {
     pub rope: Option<Rope>,
 }
 
+/// Variations on plain causal attention; the default is none of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionOptions {
+    /// Each query sees only the last `n` positions, its own included (transformers'
+    /// `sliding_window_overlay`: `kv_idx > q_idx - n`).
+    pub sliding_window: Option<usize>,
+    /// Scores become `cap · tanh(score / cap)` after scaling, before the softmax.
+    pub logit_softcap: Option<f32>,
+    /// Per-head RMSNorm of q and k (`{prefix}.q_norm.weight`, `{prefix}.k_norm.weight`,
+    /// `[head_dim]`), applied before RoPE.
+    pub qk_norm: Option<QkNorm>,
+}
+
+/// How the per-head q/k RMSNorm is parameterised.
+#[derive(Debug, Clone, Copy)]
+pub struct QkNorm {
+    /// Epsilon.
+    pub eps: f64,
+    /// Gemma's `(1 + w)` scaling instead of `w`.
+    pub unit_offset: bool,
+}
+
 /// Attention with q/k/v/o projections (`self_attn.{q,k,v,o}_proj`).
 pub struct Attention {
     cfg: AttentionConfig,
+    opts: AttentionOptions,
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
 }
 
 impl Attention {
     /// Loads `{prefix}.{q,k,v,o}_proj`.
     pub fn load(store: &WeightStore, prefix: &str, cfg: AttentionConfig) -> Result<Self> {
+        Self::load_with(store, prefix, cfg, AttentionOptions::default())
+    }
+
+    /// Loads `{prefix}.{q,k,v,o}_proj` and whatever weights `opts` needs (q/k norms).
+    pub fn load_with(
+        store: &WeightStore,
+        prefix: &str,
+        cfg: AttentionConfig,
+        opts: AttentionOptions,
+    ) -> Result<Self> {
         let (h, q, kv) = (
             cfg.hidden_size,
             cfg.n_heads * cfg.head_dim,
             cfg.n_kv_heads * cfg.head_dim,
         );
+        let qk_norm = match opts.qk_norm {
+            None => None,
+            Some(n) => {
+                let load = |name: &str| {
+                    let name = format!("{prefix}.{name}.weight");
+                    if n.unit_offset {
+                        RmsNorm::load_unit_offset(store, &name, cfg.head_dim, n.eps)
+                    } else {
+                        RmsNorm::load(store, &name, cfg.head_dim, n.eps)
+                    }
+                };
+                Some((load("q_norm")?, load("k_norm")?))
+            }
+        };
         Ok(Self {
             q_proj: Linear::load(store, &format!("{prefix}.q_proj"), q, h, cfg.bias)?,
             k_proj: Linear::load(store, &format!("{prefix}.k_proj"), kv, h, cfg.bias)?,
             v_proj: Linear::load(store, &format!("{prefix}.v_proj"), kv, h, cfg.bias)?,
             o_proj: Linear::load(store, &format!("{prefix}.o_proj"), h, q, cfg.bias)?,
+            qk_norm,
             cfg,
+            opts,
         })
     }
 
@@ -88,10 +141,12 @@ impl Attention {
         }
         Ok(Self {
             cfg,
+            opts: AttentionOptions::default(),
             q_proj,
             k_proj,
             v_proj,
             o_proj,
+            qk_norm: None,
         })
     }
 
@@ -103,8 +158,15 @@ impl Attention {
         let mut q = to_vec(&self.q_proj.forward(x)?)?;
         let mut k = to_vec(&self.k_proj.forward(x)?)?;
         let v = to_vec(&self.v_proj.forward(x)?)?;
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            q_norm.forward_chunks(&mut q);
+            k_norm.forward_chunks(&mut k);
+        }
 
         // Per token: its sequence's key offsets (all cached positions up to the token's own).
+        // Per sequence, offsets start at the first position any of its new tokens can see.
+        let window = self.opts.sliding_window;
+        let visible_from = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w.max(1)));
         let mut token_keys: Vec<(usize, usize)> = Vec::with_capacity(tokens); // (seq, pos)
         let mut seq_offsets = Vec::with_capacity(batch.seqs.len());
         for (si, s) in batch.seqs.iter().enumerate() {
@@ -122,15 +184,17 @@ impl Attention {
                 )?;
                 token_keys.push((si, pos));
             }
-            let offsets = (0..s.past_len + s.len)
+            let base = visible_from(s.past_len);
+            let offsets = (base..s.past_len + s.len)
                 .map(|p| kv.offset(&s.block_table, p))
                 .collect::<Result<Vec<_>>>()?;
-            seq_offsets.push(offsets);
+            seq_offsets.push((base, offsets));
         }
 
         let (kstore, vstore) = kv.storage();
         let group = nh / self.cfg.n_kv_heads;
         let scale = self.cfg.scale;
+        let softcap = self.opts.logit_softcap;
         let mut out = vec![0f32; tokens * qd];
         out.par_chunks_mut(hd)
             .enumerate()
@@ -139,11 +203,16 @@ impl Attention {
                 let (seq, pos) = token_keys[token];
                 let kv_off = (head / group) * hd;
                 let qrow = &q[token * qd + head * hd..token * qd + (head + 1) * hd];
-                let offsets = &seq_offsets[seq][..=pos];
+                let (base, offsets) = &seq_offsets[seq];
+                let offsets = &offsets[visible_from(pos) - base..=pos - base];
                 scores.clear();
                 scores.extend(offsets.iter().map(|&off| {
                     let krow = &kstore[off + kv_off..off + kv_off + hd];
-                    dot(qrow, krow) * scale
+                    let s = dot(qrow, krow) * scale;
+                    match softcap {
+                        Some(cap) => (s / cap).tanh() * cap,
+                        None => s,
+                    }
                 }));
                 softmax_in_place(scores);
                 for (&p, &off) in scores.iter().zip(offsets) {
@@ -161,7 +230,11 @@ impl Attention {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
             .iter()
             .map(|l| l.num_params())
-            .sum()
+            .sum::<usize>()
+            + self
+                .qk_norm
+                .as_ref()
+                .map_or(0, |(q, k)| q.num_params() + k.num_params())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Gated MLP `down(act(gate(x)) ⊙ up(x))` with gate and up fused in one `[2I, H]` projection
-//! (gate rows first, as Granite's `input_linear` stores them), and the plain two-layer MLP
-//! `down(act(up(x)))` of GPT-2 and Falcon.
+//! (gate rows first, as Granite's `input_linear` stores them; checkpoints with separate
+//! `gate_proj` / `up_proj`, as Llama and Gemma, are concatenated into that layout at load),
+//! and the plain two-layer MLP `down(act(up(x)))` of GPT-2 and Falcon.
 
 use candle_core::Tensor;
 
@@ -68,11 +69,12 @@ pub fn gelu_erf(x: f32) -> f32 {
     (0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2))) as f32
 }
 
-/// A SiLU-gated MLP with a fused gate/up projection.
+/// A gated MLP with a fused gate/up projection.
 pub struct GatedMlp {
     gate_up: Linear,
     down: Linear,
     intermediate: usize,
+    act: Activation,
 }
 
 impl GatedMlp {
@@ -99,13 +101,53 @@ impl GatedMlp {
                 false,
             )?,
             intermediate,
+            act: Activation::Silu,
+        })
+    }
+
+    /// Loads Llama-style `{prefix}.{gate_proj, up_proj, down_proj}` (with `.bias` when `bias`),
+    /// fusing gate and up.
+    pub fn load_split(
+        store: &WeightStore,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        act: Activation,
+        bias: bool,
+    ) -> Result<Self> {
+        let gate = Linear::load(
+            store,
+            &format!("{prefix}.gate_proj"),
+            intermediate,
+            hidden,
+            bias,
+        )?;
+        let up = Linear::load(
+            store,
+            &format!("{prefix}.up_proj"),
+            intermediate,
+            hidden,
+            bias,
+        )?;
+        let gate_up = Linear::concat_out(&gate, &up)?;
+        Ok(Self {
+            gate_up,
+            down: Linear::load(
+                store,
+                &format!("{prefix}.down_proj"),
+                hidden,
+                intermediate,
+                bias,
+            )?,
+            intermediate,
+            act,
         })
     }
 
     /// `[tokens, hidden] -> [tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gu = to_vec(&self.gate_up.forward(x)?)?;
-        let act = swiglu(&gu, self.intermediate);
+        let act = gated(&gu, self.intermediate, self.act);
         let rows = act.len() / self.intermediate.max(1);
         self.down.forward(&from_vec(act, rows, self.intermediate)?)
     }
@@ -118,10 +160,15 @@ impl GatedMlp {
 
 /// `silu(gate) ⊙ up` for rows laid out as `[gate (I) | up (I)]`.
 pub fn swiglu(gate_up: &[f32], intermediate: usize) -> Vec<f32> {
+    gated(gate_up, intermediate, Activation::Silu)
+}
+
+/// `act(gate) ⊙ up` for rows laid out as `[gate (I) | up (I)]`.
+pub fn gated(gate_up: &[f32], intermediate: usize, act: Activation) -> Vec<f32> {
     let mut out = Vec::with_capacity(gate_up.len() / 2);
-    for row in gate_up.chunks(2 * intermediate) {
-        let (gate, up) = row.split_at(intermediate);
-        out.extend(gate.iter().zip(up).map(|(g, u)| silu(*g) * u));
+    for row in gate_up.chunks(2 * intermediate.max(1)) {
+        let (gate, up) = row.split_at(intermediate.min(row.len()));
+        out.extend(gate.iter().zip(up).map(|(g, u)| act.apply(*g) * u));
     }
     out
 }
@@ -176,5 +223,31 @@ mod tests {
             Activation::GeluTanh
         );
         assert!(Activation::parse("gelu_fast_typo", "activation_function").is_err());
+    }
+
+    /// `torch.nn.functional.gelu(x, approximate="tanh")` in f32, printed by torch 2.15.
+    #[test]
+    fn gelu_tanh_matches_torch() {
+        let xs = [-3.0f32, -1.0, -0.25, 0.0, 0.5, 1.0, 2.5];
+        let torch: [f64; 7] = [
+            -3.637_433_05e-3,
+            -1.588_079_93e-1,
+            -1.003_246_46e-1,
+            0.0,
+            3.457_140_03e-1,
+            8.411_920_07e-1,
+            2.484_915_73,
+        ];
+        for (x, t) in xs.iter().zip(torch) {
+            let g = f64::from(gelu_tanh(*x));
+            assert!(
+                (g - t).abs() <= 1e-6 * t.abs().max(1.0),
+                "gelu({x}) = {g}, torch {t}"
+            );
+        }
+        assert_eq!(
+            Activation::parse("gelu_pytorch_tanh", "hidden_activation").unwrap(),
+            Activation::GeluTanh
+        );
     }
 }

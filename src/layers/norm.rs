@@ -1,5 +1,5 @@
-//! RMSNorm, plain and gated (Mamba2's `y · silu(z)` normalised per group), and LayerNorm
-//! (GPT-2, Falcon).
+//! RMSNorm, plain, Gemma's `(1 + w)` form, and gated (Mamba2's `y · silu(z)` normalised per
+//! group), and LayerNorm (GPT-2, Falcon).
 
 use candle_core::Tensor;
 
@@ -23,6 +23,14 @@ impl RmsNorm {
         })
     }
 
+    /// Loads Gemma's RMSNorm, which scales by `1 + w` (weights stored centred on 0). The sum is
+    /// formed once in f32, as `Gemma3RMSNorm` does before multiplying.
+    pub fn load_unit_offset(store: &WeightStore, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        let mut norm = Self::load(store, name, dim, eps)?;
+        norm.weight.iter_mut().for_each(|w| *w += 1.0);
+        Ok(norm)
+    }
+
     /// Normalises each row of `[tokens, dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, cols) = x.dims2()?;
@@ -31,6 +39,13 @@ impl RmsNorm {
             rms_normalize(row, &self.weight, self.eps);
         }
         from_vec(v, rows, cols)
+    }
+
+    /// Normalises every `dim`-sized chunk of `v` in place (e.g. each head of a q/k row).
+    pub fn forward_chunks(&self, v: &mut [f32]) {
+        for chunk in v.chunks_mut(self.weight.len().max(1)) {
+            rms_normalize(chunk, &self.weight, self.eps);
+        }
     }
 
     /// Number of parameters.

@@ -3,8 +3,11 @@
 //! `architectures` / `model_type` to a loader.
 
 pub mod falcon;
+pub mod gemma3;
 pub mod gpt2;
+pub mod granite;
 pub mod granite_hybrid;
+pub mod llama;
 pub mod mamba2;
 
 use std::path::Path;
@@ -76,6 +79,10 @@ const ARCHITECTURES: &[(&str, &str, Loader)] = &[
     ("GPT2LMHeadModel", "gpt2", gpt2::load),
     ("FalconForCausalLM", "falcon", falcon::load),
     ("Mamba2ForCausalLM", "mamba2", mamba2::load),
+    ("LlamaForCausalLM", "llama", llama::load),
+    ("GraniteForCausalLM", "granite", granite::load),
+    ("GraniteMoeForCausalLM", "granitemoe", granite::load_moe),
+    ("Gemma3ForCausalLM", "gemma3_text", gemma3::load),
 ];
 
 /// Loads a model directory holding `config.json` and safetensors weights.
