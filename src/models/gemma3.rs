@@ -3,7 +3,8 @@
 //! RMSNorm scaling by `1 + w`; attention has per-head q/k RMSNorm before RoPE, softmax scale
 //! `query_pre_attn_scalar^-0.5`, and is either sliding-window (local RoPE base) or global
 //! (global RoPE base, optional scaling) as `layer_types` says; optional tanh soft-capping of
-//! attention scores and final logits. Tied head.
+//! the final logits. Tied head. `attn_logit_softcapping` is accepted but, as in transformers
+//! 5.23, not applied (see tests/fixtures/gemma3/README.md).
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
@@ -61,7 +62,8 @@ pub struct Gemma3Config {
     pub sliding_window_pattern: Option<usize>,
     /// Final logits become `cap · tanh(logits / cap)`.
     pub final_logit_softcapping: Option<f64>,
-    /// Attention scores become `cap · tanh(score / cap)`.
+    /// Read but not applied: transformers 5.23's Gemma 3 attention never passes it on (Gemma 2's
+    /// does), so capping here would disagree with it.
     pub attn_logit_softcapping: Option<f64>,
     /// Encoder-style attention (embedding models); not supported.
     pub use_bidirectional_attention: Option<bool>,
@@ -237,7 +239,12 @@ impl Gemma3Config {
         } else {
             None
         };
-        let softcap = Self::softcap("attn_logit_softcapping", self.attn_logit_softcapping)?;
+        if let Some(cap) = Self::softcap("attn_logit_softcapping", self.attn_logit_softcapping)? {
+            tracing::warn!(
+                cap,
+                "attn_logit_softcapping is ignored for Gemma 3, as transformers ignores it"
+            );
+        }
         let full = self.rope(AttnType::Full)?.rope(self.head_dim);
         let local = self.rope(AttnType::Sliding)?.rope(self.head_dim);
         let scale = self.query_pre_attn_scalar.powf(-0.5) as f32;
@@ -262,7 +269,7 @@ impl Gemma3Config {
                     } else {
                         None
                     },
-                    logit_softcap: softcap,
+                    logit_softcap: None,
                     qk_norm: Some(QkNorm {
                         eps: self.rms_norm_eps,
                         unit_offset: true,

@@ -91,7 +91,7 @@ impl LlamaConfig {
         positive("vocab_size", self.vocab_size)?;
         positive("hidden_size", self.hidden_size)?;
         positive("num_hidden_layers", self.num_hidden_layers)?;
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(Error::config("rms_norm_eps", "must be positive"));
         }
         let (h, n_heads) = (self.hidden_size, self.num_attention_heads);
