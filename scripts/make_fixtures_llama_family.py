@@ -29,7 +29,6 @@ import tempfile
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 import transformers
 from transformers import (
@@ -398,7 +397,7 @@ def build_variant(arch, name, spec, seed, out_root):
             shutil.rmtree(out_dir)
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         shutil.move(tmp, out_dir)
-        save_file(
+        mf.save_deterministic(
             {
                 "input_ids": input_ids.contiguous(),
                 "logits": logits.contiguous(),

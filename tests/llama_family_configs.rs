@@ -1,10 +1,25 @@
-//! Llama / Granite / Gemma 3 configs: the other spellings transformers accepts load to the same
-//! model (the fixture still matches its reference), and bad values give an error naming the field.
+//! Llama / Granite / Gemma 3 beyond the fixtures' validate modes: the engine (continuous
+//! batching, chunked prefill, prefix-cache hits) reproduces transformers' greedy tokens; the
+//! other config spellings transformers accepts load to the same model; bad values give one
+//! clear error naming the field (library and CLI).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
+use nanovllm::llm::{EngineConfig, Prompt, LLM};
+use nanovllm::sampling_params::SamplingParams;
 use nanovllm::validate::{validate, Reference};
+use nanovllm::Error;
 use serde_json::{json, Value};
+
+const FIXTURES: [(&str, &str); 6] = [
+    ("llama/gqa_untied", "LlamaForCausalLM"),
+    ("llama/tied_llama3", "LlamaForCausalLM"),
+    ("granite/dense_multipliers", "GraniteForCausalLM"),
+    ("granite/moe", "GraniteMoeForCausalLM"),
+    ("gemma3/sliding_mixed", "Gemma3ForCausalLM"),
+    ("gemma3/softcap_legacy", "Gemma3ForCausalLM"),
+];
 
 fn fixture(arch_variant: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,10 +55,87 @@ fn assert_matches_reference(dir: &Path) {
 /// A config edit, boxed so differing closures share one list.
 type Edit = Box<dyn FnOnce(&mut serde_json::Map<String, Value>)>;
 
-fn load_error(dir: &Path) -> String {
-    match nanovllm::models::load(dir) {
+/// Loads through the library (must be a config error on `field`) and through `nanovllm info`
+/// (one-line error, exit 1, no panic).
+fn config_error(dir: &Path, field: &str) {
+    let err = match nanovllm::models::load(dir) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
-        Err(e) => e.to_string(),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, Error::InvalidConfig { field: f, .. } if f == field),
+        "expected a config error on `{field}`, got: {err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
+        .args(["info", "--model"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(
+        stderr.starts_with("error:") && stderr.trim_end().lines().count() == 1,
+        "stderr: {stderr}"
+    );
+}
+
+/// Every variant through the engine, all rows at once with prefill chunks of 7 tokens, twice on
+/// one engine: both rounds give transformers' greedy tokens, the second from prefix-cache hits
+/// (shared KV blocks, read through the sliding window on Gemma's local layers).
+#[test]
+fn engine_greedy_matches_transformers_with_prefix_cache_hits() {
+    for (name, _) in FIXTURES {
+        let dir = fixture(name);
+        let reference = Reference::load(&dir.join("reference.safetensors")).unwrap();
+        let prompts: Vec<Prompt> = reference
+            .input_ids
+            .iter()
+            .map(|r| Prompt::Tokens(r.clone()))
+            .collect();
+        let params = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(reference.greedy_ids[0].len())
+        };
+        let mut llm = LLM::new(
+            &dir,
+            EngineConfig {
+                max_model_len: Some(64),
+                max_num_batched_tokens: 7,
+                kv_cache_memory: 8 << 20,
+                prefix_cache_memory: 8 << 20,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        for round in 0..2 {
+            let outs = llm
+                .generate(&prompts, std::slice::from_ref(&params), false)
+                .unwrap();
+            let outs: Vec<_> = outs.into_iter().map(|o| o.unwrap()).collect();
+            let cached: usize = outs.iter().map(|o| o.metrics.num_cached_tokens).sum();
+            assert_eq!(
+                round == 1,
+                cached > 0,
+                "{name} round {round}: cached {cached}"
+            );
+            let got: Vec<Vec<u32>> = outs
+                .into_iter()
+                .map(|o| o.outputs[0].token_ids.clone())
+                .collect();
+            assert_eq!(got, reference.greedy_ids, "{name} round {round}");
+        }
+    }
+}
+
+#[test]
+fn architectures_are_picked_by_model_type_too() {
+    for (name, arch) in FIXTURES {
+        let d = edited(name, |c| {
+            c.remove("architectures");
+        });
+        let model = nanovllm::models::load(d.path()).unwrap();
+        assert_eq!(model.info().architecture, arch);
     }
 }
 
@@ -113,7 +205,7 @@ fn bad_values_name_the_field() {
         (
             "llama/gqa_untied",
             Box::new(|c| {
-                c["hidden_act"] = json!("relu");
+                c["hidden_act"] = json!("gelu_fast_typo");
             }),
             "hidden_act",
         ),
@@ -155,10 +247,6 @@ fn bad_values_name_the_field() {
     ];
     for (fixture_name, edit, field) in cases {
         let d = edited(fixture_name, edit);
-        let e = load_error(d.path());
-        assert!(
-            e.contains(field),
-            "{fixture_name}: expected `{field}` in: {e}"
-        );
+        config_error(d.path(), field);
     }
 }

@@ -239,15 +239,17 @@ impl Gemma3Config {
         } else {
             None
         };
-        if let Some(cap) = Self::softcap("attn_logit_softcapping", self.attn_logit_softcapping)? {
+        let ignored_cap = Self::softcap("attn_logit_softcapping", self.attn_logit_softcapping)?;
+        let full = self.rope(AttnType::Full)?.rope(self.head_dim);
+        let local = self.rope(AttnType::Sliding)?.rope(self.head_dim);
+        let scale = self.query_pre_attn_scalar.powf(-0.5) as f32;
+        // Warned only once the config is known to be valid, so a bad config prints one error.
+        if let Some(cap) = ignored_cap {
             tracing::warn!(
                 cap,
                 "attn_logit_softcapping is ignored for Gemma 3, as transformers ignores it"
             );
         }
-        let full = self.rope(AttnType::Full)?.rope(self.head_dim);
-        let local = self.rope(AttnType::Sliding)?.rope(self.head_dim);
-        let scale = self.query_pre_attn_scalar.powf(-0.5) as f32;
         Ok(types
             .into_iter()
             .map(|ty| {
@@ -405,6 +407,13 @@ impl Model for Gemma3 {
         }
         let rows = batch.logits_row_indices();
         let n = rows.len();
+        if n == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.info.vocab_size),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
+        }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.norm.forward(&x)?;
         let head = match &self.lm_head {

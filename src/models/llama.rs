@@ -378,6 +378,13 @@ impl Model for LlamaStack {
         }
         let rows = batch.logits_row_indices();
         let n = rows.len();
+        if n == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.info.vocab_size),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
+        }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.norm.forward(&x)?;
         let head = match &self.lm_head {
