@@ -327,3 +327,125 @@ fn invalid_requests_are_rejected_with_the_field_named() {
         .to_string();
     assert!(e.contains("request_id"), "{e}");
 }
+
+fn log_softmax_at(row: &[f32], t: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+    row[t] - lse
+}
+
+#[test]
+fn logprobs_and_prompt_logprobs_match_transformers_logits() {
+    let dir = fixture("hybrid_moe_nope");
+    let reference =
+        nanovllm::validate::Reference::load(&dir.join("reference.safetensors")).unwrap();
+    let (t, v) = (reference.input_ids[0].len(), reference.vocab);
+    let mut llm = LLM::new(&dir, config()).unwrap();
+    let params = SamplingParams {
+        logprobs: Some(3),
+        prompt_logprobs: Some(2),
+        ignore_eos: true,
+        ..SamplingParams::greedy(4)
+    };
+    let prompts: Vec<Prompt> = reference
+        .input_ids
+        .iter()
+        .map(|r| Prompt::Tokens(r.clone()))
+        .collect();
+    let outs = llm
+        .generate(&prompts, std::slice::from_ref(&params), false)
+        .unwrap();
+    for (r, out) in outs.into_iter().enumerate() {
+        let out = out.unwrap();
+        let row = |p: usize| &reference.logits[(r * t + p) * v..(r * t + p + 1) * v];
+        let plp = out.prompt_logprobs.expect("prompt logprobs");
+        assert_eq!(plp.len(), t);
+        assert!(plp[0].is_none());
+        for p in 1..t {
+            let lp = plp[p].as_ref().unwrap();
+            let want = log_softmax_at(row(p - 1), reference.input_ids[r][p] as usize);
+            assert!(
+                (lp.logprob - want).abs() < 1e-4,
+                "row {r} pos {p}: {} vs {want}",
+                lp.logprob
+            );
+            assert_eq!(lp.top.len(), 2);
+        }
+        let c = &out.outputs[0];
+        let lps = c.logprobs.as_ref().unwrap();
+        assert_eq!(lps.len(), 4);
+        assert_eq!(c.token_ids[0], reference.greedy_ids[r][0]);
+        let want = log_softmax_at(row(t - 1), c.token_ids[0] as usize);
+        assert!((lps[0].logprob - want).abs() < 1e-4);
+        assert_eq!(
+            lps[0].top[0].0, c.token_ids[0],
+            "greedy token is the top logprob"
+        );
+        assert_eq!(lps[0].top.len(), 3);
+    }
+    assert_no_leaks(&mut llm);
+}
+
+#[test]
+fn stop_strings_cut_the_text_and_are_never_streamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("bf16_sharded");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tokenizer.json");
+    std::fs::copy(tok, tmp.path().join("tokenizer.json")).unwrap();
+    let mut llm = LLM::new(tmp.path(), config()).unwrap();
+    let prompt = [Prompt::Text("The capital of France".into())];
+    let base = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(40)
+    };
+    let full = llm
+        .generate(&prompt, std::slice::from_ref(&base), false)
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let text = full.outputs[0].text.clone();
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    assert!(chars.len() > 12, "{text:?}");
+    let (a, _) = chars[chars.len() / 2];
+    let (b, _) = chars[chars.len() / 2 + 3];
+    let stop = text[a..b].to_string();
+    let cut = &text[..text.find(&stop).unwrap()];
+
+    let params = SamplingParams {
+        stop: vec![stop.clone()],
+        ..base
+    };
+    let engine = llm.engine_mut();
+    let ids = engine
+        .tokenizer()
+        .unwrap()
+        .encode("The capital of France", true)
+        .unwrap();
+    engine.add_request("s", ids, params).unwrap();
+    let mut streamed = String::new();
+    let mut finish = None;
+    while engine.has_unfinished() {
+        for u in engine.step().unwrap() {
+            streamed.push_str(&u.new_text);
+            assert!(
+                !streamed.contains(&stop),
+                "stop string streamed: {streamed:?}"
+            );
+            if u.finish.is_some() {
+                finish = u.finish.clone();
+            }
+        }
+    }
+    assert_eq!(streamed, cut);
+    assert_eq!(
+        finish,
+        Some((
+            FinishReason::Stop,
+            Some(nanovllm::outputs::StopReason::Text(stop))
+        ))
+    );
+}
