@@ -361,8 +361,8 @@ fn logprobs_and_prompt_logprobs_match_transformers_logits() {
         let plp = out.prompt_logprobs.expect("prompt logprobs");
         assert_eq!(plp.len(), t);
         assert!(plp[0].is_none());
-        for p in 1..t {
-            let lp = plp[p].as_ref().unwrap();
+        for (p, lp) in plp.iter().enumerate().skip(1) {
+            let lp = lp.as_ref().unwrap();
             let want = log_softmax_at(row(p - 1), reference.input_ids[r][p] as usize);
             assert!(
                 (lp.logprob - want).abs() < 1e-4,
