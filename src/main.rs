@@ -4,6 +4,11 @@ mod cli;
 
 use clap::Parser;
 
+// Large per-step buffers (logits, activations) are freed and reallocated every step; glibc
+// returns them to the kernel and pays page faults plus zeroing each time, mimalloc reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     cli::init_logging();
     let args = cli::Cli::parse();
