@@ -97,12 +97,27 @@ pub fn ssm_scan_head(inp: &ScanInputs, dims: ScanDims, head: usize, state: &mut 
         let c = &row[di + gn + g * n..di + gn + (g + 1) * n];
         for (pi, srow) in state.chunks_mut(n).enumerate() {
             let dtx = dt * x[pi];
-            let mut acc = 0f32;
-            for ((s, bv), cv) in srow.iter_mut().zip(b).zip(c) {
-                *s = decay * *s + dtx * bv;
-                acc += *s * cv;
+            // 16 partial sums so the contraction over N vectorizes (one SIMD register).
+            let mut lanes = [0f32; 16];
+            let mut rest = 0f32;
+            let mut s_chunks = srow.chunks_exact_mut(16);
+            let (mut b_chunks, mut c_chunks) = (b.chunks_exact(16), c.chunks_exact(16));
+            for ((s16, b16), c16) in (&mut s_chunks).zip(&mut b_chunks).zip(&mut c_chunks) {
+                for l in 0..16 {
+                    s16[l] = decay * s16[l] + dtx * b16[l];
+                    lanes[l] += s16[l] * c16[l];
+                }
             }
-            y[t * p + pi] = acc + inp.d[head] * x[pi];
+            let tail = s_chunks.into_remainder();
+            for ((s, bv), cv) in tail
+                .iter_mut()
+                .zip(b_chunks.remainder())
+                .zip(c_chunks.remainder())
+            {
+                *s = decay * *s + dtx * bv;
+                rest += *s * cv;
+            }
+            y[t * p + pi] = lanes.iter().sum::<f32>() + rest + inp.d[head] * x[pi];
         }
     }
     y
