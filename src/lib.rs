@@ -14,6 +14,7 @@ pub mod loader;
 pub mod models;
 pub mod outputs;
 pub mod sampling_params;
+pub mod server;
 pub mod tokenizer;
 pub mod validate;
 

@@ -4,6 +4,7 @@ mod bench;
 mod engine_args;
 mod generate;
 mod info;
+mod serve;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Validate(validate::Args),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::Args),
+    /// Serve an OpenAI-compatible HTTP API (completions, chat, tools, metrics).
+    Serve(serve::Args),
 }
 
 /// Runs the parsed command.
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

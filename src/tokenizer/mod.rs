@@ -1,6 +1,7 @@
 //! Text ⇄ token ids with Hugging Face's `tokenizer.json`, plus the special-token facts the
 //! engine needs (end-of-sequence ids, whether to prepend BOS).
 
+pub mod chat_template;
 pub mod detokenizer;
 
 use std::path::Path;
