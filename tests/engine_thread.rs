@@ -106,3 +106,35 @@ fn queue_limit_and_validation_errors() {
     assert!(e.contains("256") && e.contains("300"), "{e}");
     thread.shutdown();
 }
+
+#[test]
+fn explicit_abort_publishes_freed_cache_when_the_engine_goes_idle() {
+    let thread = engine_thread(4);
+    let h = thread.handle();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(200)
+    };
+    let mut rx = h.submit("long".into(), vec![3, 4, 5], params).unwrap();
+    // Wait until it is running and holds cache.
+    match rx.blocking_recv() {
+        Some(StreamEvent::Update(u)) => assert_eq!(u.new_token_ids.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    h.abort("long");
+    // The abort's final update arrives; then the engine has nothing to do and blocks.
+    let mut aborted = false;
+    while let Some(ev) = rx.blocking_recv() {
+        if let StreamEvent::Update(u) = ev {
+            aborted |= u
+                .finish
+                .is_some_and(|(r, _)| r == nanovllm::FinishReason::Abort);
+        }
+    }
+    assert!(aborted);
+    // The published status must show the cache freed without any further engine step.
+    wait_idle(&h);
+    let s = h.status();
+    assert_eq!((s.kv_blocks.0, s.state_slots.0), (0, 0), "{s:?}");
+    thread.shutdown();
+}

@@ -248,6 +248,8 @@ fn engine_loop(
                     }
                 }
                 finish(&mut live, &id);
+                // The loop may block next (nothing left to run): publish the freed cache now.
+                publish_status(&engine, &status);
                 continue;
             }
             Some(Command::Shutdown) => {
@@ -260,6 +262,7 @@ fn engine_loop(
                     }
                     finish(&mut live, &id);
                 }
+                publish_status(&engine, &status);
                 return;
             }
             None => {}

@@ -1,5 +1,5 @@
 //! The HTTP routes: request validation and translation into engine submissions (prompt tokens
-//! + [`SamplingParams`]), and the non-streaming responses. Streaming responses are built in
+//! and [`SamplingParams`]), and the non-streaming responses. Streaming responses are built in
 //! [`super::sse`].
 
 use std::collections::HashMap;

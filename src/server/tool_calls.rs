@@ -75,7 +75,17 @@ impl ToolCallParser {
                 Mode::Text => {
                     if !self.started {
                         let t = self.buf.trim_start();
-                        if t.starts_with('{') || t.starts_with('[') && !t.starts_with("[TOOL") {
+                        // Too short to tell a list marker or a ```json fence from bare JSON.
+                        if ["[TOOL_CALLS]", "```json"]
+                            .iter()
+                            .any(|m| t.len() < m.len() && m.starts_with(t) && !t.is_empty())
+                        {
+                            return out;
+                        }
+                        if t.starts_with('{')
+                            || t.starts_with("```json")
+                            || (t.starts_with('[') && !t.starts_with("[TOOL_CALLS]"))
+                        {
                             self.mode = Mode::Bare;
                             return out;
                         }
@@ -301,6 +311,10 @@ mod tests {
         );
         assert_eq!(
             parse_all("[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}]", vec![]),
+            vec![call("a", "{}")]
+        );
+        assert_eq!(
+            streamed("[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}]", 2, &[]),
             vec![call("a", "{}")]
         );
         let bare = " {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}";
