@@ -1,6 +1,7 @@
 //! `nanovllm bench`: latency (prefill / decode at batch 1), throughput (many concurrent
 //! requests vs one at a time) and multi-turn chat (time to first token per turn, with and
 //! without prefix caching). Prompts are random token ids; peak memory is the process's VmHWM.
+//! `--mode serve` measures a running server instead (see `bench_serve.rs`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,14 +24,16 @@ enum Mode {
     Throughput,
     /// Chats of growing length: time to first token per turn, prefix cache on and off.
     Multiturn,
+    /// A running server (`--url`): Poisson arrivals, TTFT / TPOT / ITL (vLLM's bench serve).
+    Serve,
 }
 
 /// Arguments of `bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory.
-    #[arg(long)]
-    model: PathBuf,
+    /// Model directory (not used by `--mode serve`).
+    #[arg(long, required_unless_present = "url")]
+    model: Option<PathBuf>,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
     mode: Mode,
@@ -75,6 +78,8 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    serve: super::bench_serve::ServeArgs,
 }
 
 impl Args {
@@ -89,9 +94,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Mode::Latency => latency(&args)?,
         Mode::Throughput => throughput(&args)?,
         Mode::Multiturn => multiturn(&args)?,
+        Mode::Serve => super::bench_serve::run(
+            &args.serve,
+            args.num_requests,
+            &args.input_len,
+            &args.output_len,
+            args.seed,
+        )?,
     };
     let report = json!({
-        "model": args.model,
+        "model": args.model.as_ref().map(|m| m.display().to_string()).or(args.serve.url.clone()),
         "mode": format!("{:?}", args.mode).to_lowercase(),
         "threads": rayon::current_num_threads(),
         "peak_rss_mib": peak_rss_bytes() as f64 / 1048576.0,
@@ -106,8 +118,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn load(args: &Args, cfg: EngineConfig) -> anyhow::Result<LLM> {
-    let llm =
-        LLM::new(&args.model, cfg).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = args
+        .model
+        .as_ref()
+        .context("--model is required for this mode")?;
+    let llm = LLM::new(model, cfg).with_context(|| format!("loading {}", model.display()))?;
     eprintln!("{}", llm.memory_plan());
     Ok(llm)
 }

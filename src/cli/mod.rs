@@ -1,6 +1,7 @@
 //! Subcommands of the `nanovllm` binary. Results go to stdout, progress and logs to stderr.
 
 mod bench;
+mod bench_serve;
 mod engine_args;
 mod generate;
 mod info;
