@@ -63,7 +63,7 @@ pub fn run(
         .clone()
         .context("--mode serve needs --url (e.g. http://127.0.0.1:8000)")?;
     let url = url.trim_end_matches('/').to_string();
-    if !(args.request_rate > 0.0) {
+    if args.request_rate.is_nan() || args.request_rate <= 0.0 {
         anyhow::bail!("--request-rate must be positive (or inf)");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
