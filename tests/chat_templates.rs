@@ -32,14 +32,14 @@ fn templates_render_like_transformers() {
             .iter()
             .map(|k| (k.to_string(), case[*k].as_str().unwrap().to_string()))
             .collect();
-        let t = ChatTemplate::new(&src, special).unwrap();
+        let t = ChatTemplate::with_special_tokens(&src, special).unwrap();
         let messages = case["messages"].as_array().unwrap().clone();
         let documents = case.get("documents").and_then(Value::as_array).cloned();
         let use_tools = case
             .get("use_tools")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let got = t.render(&ChatInputs {
+        let got = t.render_chat(&ChatInputs {
             messages: &messages,
             tools: use_tools.then_some(tools.as_slice()),
             documents: documents.as_deref(),
@@ -87,7 +87,7 @@ fn model_directory_templates_come_from_tokenizer_config() {
     let t = ChatTemplate::from_model_dir(tmp.path()).unwrap().unwrap();
     let msgs = vec![serde_json::json!({"role": "user", "content": "hi"})];
     let plain = t
-        .render(&ChatInputs {
+        .render_chat(&ChatInputs {
             messages: &msgs,
             ..Default::default()
         })
@@ -95,7 +95,7 @@ fn model_directory_templates_come_from_tokenizer_config() {
     assert_eq!(plain, "<s>plain:hi</s>");
     let tools = vec![serde_json::json!({"type": "function", "function": {"name": "f"}})];
     let with_tools = t
-        .render(&ChatInputs {
+        .render_chat(&ChatInputs {
             messages: &msgs,
             tools: Some(&tools),
             ..Default::default()
@@ -110,7 +110,7 @@ fn model_directory_templates_come_from_tokenizer_config() {
     .unwrap();
     let t = ChatTemplate::from_model_dir(tmp.path()).unwrap().unwrap();
     assert_eq!(
-        t.render(&ChatInputs {
+        t.render_chat(&ChatInputs {
             messages: &msgs,
             ..Default::default()
         })
@@ -118,6 +118,6 @@ fn model_directory_templates_come_from_tokenizer_config() {
         "jinja:</s>"
     );
     // A syntax error is a config error, not a panic.
-    let e = ChatTemplate::new("{% if %}", BTreeMap::new()).unwrap_err();
+    let e = ChatTemplate::new("{% if %}", None, None).unwrap_err();
     assert!(e.to_string().contains("chat_template"), "{e}");
 }

@@ -59,7 +59,7 @@ fn load_template(args: &Args) -> anyhow::Result<Option<ChatTemplate>> {
     let special = from_dir
         .map(|t| t.special_tokens().clone())
         .unwrap_or_else(BTreeMap::new);
-    Ok(Some(ChatTemplate::new(&src, special)?))
+    Ok(Some(ChatTemplate::with_special_tokens(&src, special)?))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

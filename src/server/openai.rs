@@ -116,6 +116,9 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
+            Error::InvalidRequest { field, reason } if field == "engine" => {
+                ApiError::unavailable(reason, "engine_stopped")
+            }
             Error::InvalidRequest { field, reason } => {
                 ApiError::invalid(field.clone(), format!("`{field}`: {reason}"))
             }

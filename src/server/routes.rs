@@ -25,6 +25,12 @@ use crate::sampling_params::SamplingParams;
 use crate::tokenizer::chat_template::ChatInputs;
 use crate::tokenizer::Tokenizer;
 
+/// Largest request body accepted (long prompts as text or token ids fit easily).
+const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// Most prompts in one completions request.
+const MAX_PROMPTS: usize = 256;
+
 /// The application: OpenAI routes behind the key check, plus health and metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
@@ -40,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .merge(protected)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -242,6 +249,16 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
     check_accepting(&st)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
+    }
+    let count = match &req.prompt {
+        PromptInput::Texts(t) => t.len(),
+        PromptInput::Tokens(t) => t.len(),
+    };
+    if count > MAX_PROMPTS {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("at most {MAX_PROMPTS} prompts per request, got {count}"),
+        ));
     }
     let add_special = req.add_special_tokens.unwrap_or(true);
     let prompts: Vec<Vec<u32>> = match &req.prompt {
@@ -618,7 +635,7 @@ fn chat_prompt(
     let messages = template_messages(&req.messages)?;
     let add_generation_prompt =
         req.add_generation_prompt.unwrap_or(true) && !req.continue_final_message;
-    let mut text = template.render(&ChatInputs {
+    let mut text = template.render_chat(&ChatInputs {
         messages: &messages,
         tools: (!tools.is_empty()).then_some(tools),
         documents: req.documents.as_deref(),

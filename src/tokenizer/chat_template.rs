@@ -14,6 +14,25 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 
+/// One plain chat message (role and text), for callers without tools or documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
 /// What a template is rendered with.
 #[derive(Debug, Clone, Default)]
 pub struct ChatInputs<'a> {
@@ -47,8 +66,20 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
+    /// Compiles `template`; `bos_token`/`eos_token` are the texts templates insert.
+    pub fn new(template: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
+        let special = [("bos_token", bos_token), ("eos_token", eos_token)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())))
+            .collect();
+        Self::with_special_tokens(template, special)
+    }
+
     /// Compiles one template; `special_tokens` maps e.g. `bos_token` to its text.
-    pub fn new(source: &str, special_tokens: BTreeMap<String, String>) -> Result<Self> {
+    pub fn with_special_tokens(
+        source: &str,
+        special_tokens: BTreeMap<String, String>,
+    ) -> Result<Self> {
         Self::named(vec![("default".into(), source.to_string())], special_tokens)
     }
 
@@ -109,10 +140,10 @@ impl ChatTemplate {
         let jinja = dir.join("chat_template.jinja");
         if jinja.is_file() {
             let src = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
-            return Self::new(&src, special).map(Some);
+            return Self::with_special_tokens(&src, special).map(Some);
         }
         match cfg.get("chat_template") {
-            Some(Json::String(s)) => Self::new(s, special).map(Some),
+            Some(Json::String(s)) => Self::with_special_tokens(s, special).map(Some),
             Some(Json::Array(list)) => {
                 let named = list
                     .iter()
@@ -139,9 +170,23 @@ impl ChatTemplate {
         &self.special_tokens
     }
 
-    /// Renders a conversation. Errors from the template itself (e.g. `raise_exception` for
-    /// roles that do not alternate) are request errors naming `messages`.
-    pub fn render(&self, inputs: &ChatInputs) -> Result<String> {
+    /// The prompt text for plain `messages`; `add_generation_prompt` opens the assistant's turn.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let msgs: Vec<Json> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        self.render_chat(&ChatInputs {
+            messages: &msgs,
+            add_generation_prompt,
+            ..Default::default()
+        })
+    }
+
+    /// Renders a conversation with tools, documents and extra variables. Errors from the
+    /// template itself (e.g. `raise_exception` for roles that do not alternate) are request
+    /// errors naming `messages`.
+    pub fn render_chat(&self, inputs: &ChatInputs) -> Result<String> {
         let has_tools = inputs.tools.is_some_and(|t| !t.is_empty());
         let name = if has_tools && self.names.iter().any(|n| n == "tool_use") {
             "tool_use"
@@ -292,9 +337,9 @@ mod tests {
     use serde_json::json;
 
     fn render(src: &str, messages: Json) -> Result<String> {
-        let t = ChatTemplate::new(src, BTreeMap::new())?;
+        let t = ChatTemplate::new(src, None, None)?;
         let msgs = messages.as_array().cloned().unwrap_or_default();
-        t.render(&ChatInputs {
+        t.render_chat(&ChatInputs {
             messages: &msgs,
             add_generation_prompt: true,
             ..Default::default()
@@ -323,6 +368,18 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("roles must alternate"), "{err}");
         assert!(err.to_string().contains("messages"), "{err}");
+    }
+
+    #[test]
+    fn plain_messages_with_special_tokens() {
+        let t = ChatTemplate::new(
+            "{{ bos_token }}{% for m in messages %}{{ m.role }}:{{ m.content.strip() }};{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}{{ eos_token }}",
+            Some("<s>"),
+            Some("</s>"),
+        )
+        .unwrap();
+        let out = t.render(&[Message::new("user", "  x ")], true).unwrap();
+        assert_eq!(out, "<s>user:x;assistant:</s>");
     }
 
     #[test]

@@ -190,6 +190,12 @@ async fn request_errors_are_400s_naming_the_field() {
         Some("prompt"),
         &["5000", "vocabulary"],
     );
+    check(
+        &post(&c, &p(json!({"prompt": vec!["x"; 300]})), None).await,
+        400,
+        Some("prompt"),
+        &["256", "300"],
+    );
     // Too long: both numbers in the message.
     check(
         &post(&c, &p(json!({"prompt": vec![5; 80]})), None).await,
