@@ -107,7 +107,10 @@ fn batch_invariance(name: &str, check_preemption: bool) {
         assert_eq!(batched, reference, "{name}: batched != alone");
         if check_preemption {
             // A KV pool of 16 blocks (256 tokens) cannot hold 16 sequences: preemption.
-            let kv_per_token = 3 * 2 * 2 * 8 * 4;
+            let kv_per_token = nanovllm::models::load(&model)
+                .unwrap()
+                .cache_costs()
+                .kv_bytes_per_token;
             let cfg = EngineConfig {
                 kv_cache_memory: kv_per_token * 16 * 16,
                 ..config()
@@ -152,8 +155,8 @@ fn batch_invariance(name: &str, check_preemption: bool) {
 }
 
 #[test]
-fn batch_invariance_hybrid_moe() {
-    batch_invariance("hybrid_moe_nope", false);
+fn batch_invariance_hybrid_moe_with_preemption() {
+    batch_invariance("hybrid_moe_nope", true);
 }
 
 #[test]
