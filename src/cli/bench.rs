@@ -246,6 +246,9 @@ fn throughput(args: &Args) -> anyhow::Result<serde_json::Value> {
     eprintln!("concurrent: {concurrent}");
     let mut report = json!({"concurrent": concurrent});
     if args.compare_sequential {
+        // A fresh engine, so the second run cannot reuse the first one's prefix cache.
+        drop(llm);
+        let mut llm = load(args, args.engine.config())?;
         let sequential = run_all(&mut llm, true)?;
         eprintln!("one at a time: {sequential}");
         let ratio = concurrent["output_tokens_per_s"].as_f64().unwrap_or(0.0)
