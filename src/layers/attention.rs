@@ -131,11 +131,11 @@ impl Attention {
             ("v_proj", &v_proj, [kv, h]),
             ("o_proj", &o_proj, [h, q]),
         ] {
-            if l.weight().dims() != shape {
+            if l.matrix().dims() != shape {
                 return Err(Error::ShapeMismatch {
                     name: name.into(),
                     expected: shape.to_vec(),
-                    got: l.weight().dims().to_vec(),
+                    got: l.matrix().dims(),
                 });
             }
         }

@@ -1,28 +1,31 @@
-//! Token embedding lookup, and learned absolute position embeddings (GPT-2 `wpe`).
+//! Token embedding lookup, and learned absolute position embeddings (GPT-2 `wpe`). Tables are
+//! dense or quantized (quantized rows are dequantized per looked-up token, never as a whole
+//! table); the token table doubles as a tied output head ([`Embedding::project`]).
 
 use candle_core::{Device, Tensor};
 
 use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
 use crate::loader::safetensors::WeightStore;
+use crate::loader::Matrix;
 
 /// A `[vocab, hidden]` embedding table.
 pub struct Embedding {
-    table: Tensor,
+    table: Matrix,
 }
 
 impl Embedding {
     /// Loads `name` of shape `[vocab, hidden]`.
     pub fn load(store: &WeightStore, name: &str, vocab: usize, hidden: usize) -> Result<Self> {
         Ok(Self {
-            table: store.f32(name, &[vocab, hidden])?,
+            table: store.embedding(name, [vocab, hidden])?,
         })
     }
 
     /// Rows for `tokens` (ids already checked against the vocabulary), scaled by `multiplier`.
     pub fn forward(&self, tokens: &[u32], multiplier: f64) -> Result<Tensor> {
         let ids = Tensor::from_slice(tokens, tokens.len(), &Device::Cpu)?;
-        let x = self.table.index_select(&ids, 0)?;
+        let x = self.table.rows(&ids)?;
         Ok(if multiplier == 1.0 {
             x
         } else {
@@ -30,14 +33,24 @@ impl Embedding {
         })
     }
 
-    /// The `[vocab, hidden]` table (for tied output heads).
-    pub fn table(&self) -> &Tensor {
+    /// Tied output head: `[tokens, hidden] -> [tokens, vocab]` logits `x · tableᵀ`.
+    pub fn project(&self, x: &Tensor) -> Result<Tensor> {
+        self.table.matmul_t(x)
+    }
+
+    /// The table as stored.
+    pub fn matrix(&self) -> &Matrix {
         &self.table
     }
 
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         self.table.elem_count()
+    }
+
+    /// Bytes the table occupies in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.table.storage_bytes()
     }
 }
 

@@ -1,19 +1,29 @@
-//! A dense projection `y = x Wᵀ + b` with the weight in PyTorch's `[out, in]` layout.
+//! A projection `y = x Wᵀ + b` with the weight in PyTorch's `[out, in]` layout, dense f32 or
+//! quantized (ggml blocks run by candle's quantized matmul); see [`Matrix`].
 
 use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::loader::safetensors::WeightStore;
+use crate::loader::Matrix;
 
 /// A linear layer.
 pub struct Linear {
-    weight: Tensor,
+    weight: Matrix,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    /// Wraps an existing `[out, in]` weight (e.g. a tied embedding).
+    /// Wraps an existing dense `[out, in]` weight (e.g. a tied embedding).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Matrix::dense(weight),
+            bias,
+        }
+    }
+
+    /// Wraps a dense or quantized matrix.
+    pub fn from_matrix(weight: Matrix, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
 
@@ -25,7 +35,7 @@ impl Linear {
         in_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = store.f32(&format!("{prefix}.weight"), &[out_features, in_features])?;
+        let weight = store.matrix(&format!("{prefix}.weight"), [out_features, in_features])?;
         let bias = if bias {
             Some(store.f32(&format!("{prefix}.bias"), &[out_features])?)
         } else {
@@ -48,7 +58,7 @@ impl Linear {
             .contiguous()?;
         let bias = store.f32(&format!("{prefix}.bias"), &[out_features])?;
         Ok(Self {
-            weight,
+            weight: Matrix::dense(weight),
             bias: Some(bias),
         })
     }
@@ -58,9 +68,9 @@ impl Linear {
     pub fn select_outputs(&self, rows: &[usize]) -> Result<Self> {
         // Row indices of an existing tensor are below isize::MAX, so the i64 cast is exact.
         let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let idx = Tensor::from_vec(idx, rows.len(), self.weight.device())?;
+        let idx = Tensor::from_vec(idx, rows.len(), &candle_core::Device::Cpu)?;
         Ok(Self {
-            weight: self.weight.index_select(&idx, 0)?,
+            weight: self.weight.select_rows(rows)?,
             bias: match &self.bias {
                 Some(b) => Some(b.index_select(&idx, 0)?),
                 None => None,
@@ -81,20 +91,30 @@ impl Linear {
 
     /// `[tokens, in] -> [tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = self.weight.matmul_t(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
+    /// The `[out, in]` weight as f32 (dequantized when stored quantized).
+    pub fn weight(&self) -> Result<Tensor> {
+        self.weight.to_dense()
+    }
+
+    /// The weight matrix as stored.
+    pub fn matrix(&self) -> &Matrix {
         &self.weight
     }
 
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         self.weight.elem_count() + self.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight.storage_bytes() + self.bias.as_ref().map_or(0, |b| b.elem_count() * 4)
     }
 }

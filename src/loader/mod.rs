@@ -1,4 +1,9 @@
-//! Reading checkpoints from disk: safetensors weights and `config.json`.
+//! Reading checkpoints from disk: safetensors and GGUF weights behind one [`WeightStore`], and
+//! `config.json`.
 
 pub mod config_json;
+pub mod gguf;
 pub mod safetensors;
+pub mod weights;
+
+pub use weights::{LoadOptions, Matrix, Quantization, WeightStore};

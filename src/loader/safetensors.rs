@@ -12,6 +12,9 @@ use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 
+/// The format-independent store model files use (re-exported here, where they import it from).
+pub use super::weights::WeightStore;
+
 /// One mapped safetensors file with its parsed header.
 struct MappedFile {
     path: PathBuf,
@@ -20,14 +23,14 @@ struct MappedFile {
     metadata: Metadata,
 }
 
-/// The tensors of a checkpoint, read lazily from memory-mapped files.
-pub struct WeightStore {
+/// The tensors of a safetensors checkpoint, read lazily from memory-mapped files.
+pub struct SafetensorsFiles {
     files: Vec<MappedFile>,
     by_name: HashMap<String, usize>,
     origin: PathBuf,
 }
 
-impl WeightStore {
+impl SafetensorsFiles {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`, in `dir`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
@@ -110,6 +113,11 @@ impl WeightStore {
             by_name,
             origin,
         })
+    }
+
+    /// The directory or first file the store was opened from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
     }
 
     /// Whether the checkpoint holds a tensor of this name.

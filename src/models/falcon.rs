@@ -433,11 +433,10 @@ impl Model for Falcon {
         }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.ln_f.forward(&x)?;
-        let head = match &self.lm_head {
-            Some(l) => l.weight(),
-            None => self.embed.table(),
-        };
-        Ok(x.matmul(&head.t()?)?)
+        match &self.lm_head {
+            Some(l) => l.forward(&x),
+            None => self.embed.project(&x),
+        }
     }
 
     fn cache_specs(&self) -> &[LayerCacheSpec] {

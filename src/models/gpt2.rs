@@ -259,11 +259,10 @@ impl Model for Gpt2 {
         }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.ln_f.forward(&x)?;
-        let head = match &self.lm_head {
-            Some(l) => l.weight(),
-            None => self.wte.table(),
-        };
-        Ok(x.matmul(&head.t()?)?)
+        match &self.lm_head {
+            Some(l) => l.forward(&x),
+            None => self.wte.project(&x),
+        }
     }
 
     fn cache_specs(&self) -> &[LayerCacheSpec] {

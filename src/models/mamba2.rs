@@ -236,11 +236,10 @@ impl Model for Mamba2 {
         }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.norm_f.forward(&x)?;
-        let head = match &self.lm_head {
-            Some(l) => l.weight(),
-            None => self.embed.table(),
-        };
-        Ok(x.matmul(&head.t()?)?)
+        match &self.lm_head {
+            Some(l) => l.forward(&x),
+            None => self.embed.project(&x),
+        }
     }
 
     fn cache_specs(&self) -> &[LayerCacheSpec] {

@@ -20,6 +20,7 @@ use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
 use crate::loader::config_json;
 use crate::loader::safetensors::WeightStore;
+use crate::loader::LoadOptions;
 
 /// What a layer mixes tokens with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,19 +86,55 @@ const ARCHITECTURES: &[(&str, &str, Loader)] = &[
     ("Gemma3ForCausalLM", "gemma3_text", gemma3::load),
 ];
 
-/// Loads a model directory holding `config.json` and safetensors weights.
-pub fn load(dir: &Path) -> Result<Box<dyn Model>> {
-    let config_path = dir.join("config.json");
+/// Loads a model directory (`config.json` + safetensors) or a `.gguf` file.
+pub fn load(path: &Path) -> Result<Box<dyn Model>> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`] with load-time options (e.g. quantizing safetensors weights).
+pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Box<dyn Model>> {
+    let (config, store) = open(path)?;
+    let store = store.with_quantization(options.quantize);
+    let loader = pick_loader(&config)?;
+    loader(&config, &store)
+}
+
+/// Whether `path` names a GGUF file (by extension or magic bytes).
+pub fn is_gguf(path: &Path) -> bool {
+    if path.is_dir() {
+        return false;
+    }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// The config and weights of a model directory or GGUF file, without building the model.
+pub fn open(path: &Path) -> Result<(serde_json::Value, WeightStore)> {
+    if is_gguf(path) {
+        let store = WeightStore::open_gguf(path)?;
+        let config = store
+            .gguf_config()
+            .cloned()
+            .ok_or_else(|| Error::config("general.architecture", "not a GGUF model"))?;
+        return Ok((config, store));
+    }
+    let config_path = path.join("config.json");
     if !config_path.is_file() {
         return Err(Error::config(
             "config.json",
-            format!("no config.json in {}", dir.display()),
+            format!("no config.json in {} (and not a .gguf file)", path.display()),
         ));
     }
     let config = config_json::read(&config_path)?;
-    let loader = pick_loader(&config)?;
-    let store = WeightStore::open_dir(dir)?;
-    loader(&config, &store)
+    pick_loader(&config)?;
+    let store = WeightStore::open_dir(path)?;
+    Ok((config, store))
 }
 
 fn pick_loader(config: &serde_json::Value) -> Result<Loader> {

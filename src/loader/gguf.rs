@@ -1,0 +1,1069 @@
+//! GGUF files (the llama.cpp format). This module owns the translation from llama.cpp's world to
+//! Hugging Face's: metadata keys (`{arch}.block_count`, `ssm.*`, per-layer `head_count_kv`, …)
+//! become the `config.json` values the model files read, and llama.cpp tensor names
+//! (`blk.N.attn_q`, `ssm_a`, `ffn_gate_exps`, …) become checkpoint names, with the converter's
+//! rewrites undone (Llama q/k row permutation, Gemma's `+1` on norms, Mamba2's `A = -exp(A_log)`
+//! and reshaped conv/D/norm tensors, split gate/up projections). Model files never see GGUF.
+//!
+//! Quantized tensors stay quantized: [`GgufFile::qtensor`] hands out candle `QTensor`s built from
+//! the file's blocks (row permutations and concatenations act on whole rows of blocks, which is
+//! exact). Header and tensor ranges are validated at open, so a truncated file is an error that
+//! names the tensor, not a panic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use serde_json::{json, Map};
+
+use crate::error::{Error, Result};
+
+/// A converter rewrite to undo when reading a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    /// Use the tensor as stored (reshaped to the Hugging Face shape).
+    None,
+    /// Undo llama.cpp's q/k row permutation for interleaved RoPE with this many heads.
+    Unpermute(usize),
+    /// Add a constant (Gemma norms are stored as `1 + w`).
+    Add(f32),
+    /// Stored `A = -exp(A_log)`; recover `A_log = ln(-A)`.
+    ALogFromA,
+}
+
+/// Where a Hugging Face tensor comes from in a GGUF file.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// GGUF tensors whose rows are concatenated (one entry for a plain rename).
+    pub parts: Vec<String>,
+    /// Rewrite to undo.
+    pub transform: Transform,
+}
+
+/// One tensor's place in the file.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    /// ggml block type.
+    pub dtype: GgmlDType,
+    /// Shape in row-major (PyTorch) order, e.g. `[out, in]` for a projection.
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    pub range: std::ops::Range<usize>,
+}
+
+/// An opened GGUF file: metadata, tensor directory and the mapped bytes.
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: Mmap,
+    metadata: HashMap<String, Value>,
+    tensors: HashMap<String, TensorEntry>,
+    arch: String,
+}
+
+impl GgufFile {
+    /// Opens and validates a `.gguf` file (header, metadata, every tensor's byte range).
+    pub fn open(path: &Path) -> Result<Self> {
+        let malformed = |reason: String| Error::MalformedWeights {
+            file: path.to_path_buf(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut reader = std::io::BufReader::new(&file);
+        let content = Content::read(&mut reader)
+            .map_err(|e| malformed(format!("bad GGUF header (truncated or not GGUF?): {e}")))?;
+        // SAFETY: read-only map; a file truncated underneath us is the documented mmap hazard.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let base = content.tensor_data_offset as usize;
+        let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
+        for (name, info) in &content.tensor_infos {
+            let shape = info.shape.dims().to_vec();
+            let elems: usize = shape.iter().product();
+            let block = info.ggml_dtype.block_size();
+            if !elems.is_multiple_of(block) {
+                return Err(malformed(format!(
+                    "tensor `{name}`: {elems} elements is not a multiple of the {:?} block size {block}",
+                    info.ggml_dtype
+                )));
+            }
+            let bytes = elems / block * info.ggml_dtype.type_size();
+            let start = base.saturating_add(info.offset as usize);
+            let end = start.saturating_add(bytes);
+            if end > mmap.len() {
+                return Err(malformed(format!(
+                    "tensor `{name}` needs bytes {start}..{end} but the file has {} (truncated?)",
+                    mmap.len()
+                )));
+            }
+            tensors.insert(
+                name.clone(),
+                TensorEntry {
+                    dtype: info.ggml_dtype,
+                    shape,
+                    range: start..end,
+                },
+            );
+        }
+        let arch = match content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => {
+                return Err(Error::config(
+                    "general.architecture",
+                    format!("missing or not a string in {}", path.display()),
+                ))
+            }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            metadata: content.metadata,
+            tensors,
+            arch,
+        })
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `general.architecture`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// All metadata.
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.metadata
+    }
+
+    /// The tensor directory (GGUF names).
+    pub fn tensors(&self) -> &HashMap<String, TensorEntry> {
+        &self.tensors
+    }
+
+    /// A metadata value.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    /// A required unsigned integer.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?
+            .ok_or_else(|| Error::config(key, "missing from the GGUF metadata"))
+    }
+
+    /// An optional unsigned integer (an error if present with another type).
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => value_usize(v)
+                .map(Some)
+                .ok_or_else(|| Error::config(key, format!("expected an integer, got {v:?}"))),
+        }
+    }
+
+    /// An optional float.
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => value_f64(v)
+                .map(Some)
+                .ok_or_else(|| Error::config(key, format!("expected a number, got {v:?}"))),
+        }
+    }
+
+    /// An optional bool.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(Error::config(key, format!("expected a bool, got {v:?}"))),
+        }
+    }
+
+    /// An optional string.
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(Error::config(key, format!("expected a string, got {v:?}"))),
+        }
+    }
+
+    /// An optional array of strings.
+    pub fn opt_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.as_str()),
+                    other => Err(Error::config(
+                        key,
+                        format!("expected strings, found {other:?}"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(Error::config(key, format!("expected an array, got {v:?}"))),
+        }
+    }
+
+    /// An optional array of numbers.
+    pub fn opt_f64_array(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    value_f64(v)
+                        .ok_or_else(|| Error::config(key, format!("expected numbers, found {v:?}")))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(Error::config(key, format!("expected an array, got {v:?}"))),
+        }
+    }
+
+    /// A per-layer integer that may be stored as one number or as an array (e.g.
+    /// `head_count_kv`, which is 0 for Mamba layers in `granitehybrid`).
+    pub fn per_layer(&self, key: &str, n_layers: usize) -> Result<Vec<usize>> {
+        match self.metadata.get(key) {
+            None => Err(Error::config(key, "missing from the GGUF metadata")),
+            Some(Value::Array(a)) => {
+                if a.len() != n_layers {
+                    return Err(Error::config(
+                        key,
+                        format!("has {} entries for {n_layers} layers", a.len()),
+                    ));
+                }
+                a.iter()
+                    .map(|v| {
+                        value_usize(v).ok_or_else(|| {
+                            Error::config(key, format!("expected integers, found {v:?}"))
+                        })
+                    })
+                    .collect()
+            }
+            Some(v) => value_usize(v)
+                .map(|n| vec![n; n_layers])
+                .ok_or_else(|| Error::config(key, format!("expected an integer, got {v:?}"))),
+        }
+    }
+
+    /// `{arch}.{suffix}`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.arch)
+    }
+
+    /// The raw stored bytes of one GGUF tensor.
+    fn bytes(&self, entry: &TensorEntry) -> &[u8] {
+        // Ranges were checked against the map length at open.
+        &self.mmap[entry.range.clone()]
+    }
+
+    fn entry(&self, name: &str) -> Result<&TensorEntry> {
+        self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.into(),
+            file: self.path.clone(),
+        })
+    }
+
+    /// The stored block type of `source` when it can be served as a quantized `[rows, cols]`
+    /// matrix without touching values: every part shares one type and row length, and the
+    /// only rewrite is a row permutation. `None` means "read it through [`Self::dequantize`]".
+    pub fn quantized_type(&self, source: &Source, shape: &[usize]) -> Option<GgmlDType> {
+        if !matches!(source.transform, Transform::None | Transform::Unpermute(_)) {
+            return None;
+        }
+        let entries: Vec<&TensorEntry> = source
+            .parts
+            .iter()
+            .map(|p| self.tensors.get(p))
+            .collect::<Option<_>>()?;
+        let first = entries.first()?;
+        let row_len = *first.shape.last()?;
+        let elems: usize = entries
+            .iter()
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum();
+        let uniform = entries
+            .iter()
+            .all(|e| e.dtype == first.dtype && e.shape.last() == Some(&row_len));
+        (uniform && shape.len() == 2 && shape[1] == row_len && elems == shape[0] * shape[1])
+            .then_some(first.dtype)
+    }
+
+    /// Builds the quantized `[rows, cols]` tensor for `source` from the file's blocks; row
+    /// permutation and concatenation move whole rows of blocks, so this is exact. Callers
+    /// check [`Self::quantized_type`] first.
+    pub fn qtensor(&self, hf_name: &str, source: &Source, shape: &[usize]) -> Result<QTensor> {
+        let dtype = self.quantized_type(source, shape).ok_or_else(|| Error::DTypeMismatch {
+            name: hf_name.into(),
+            expected: format!("GGUF tensors {:?} of one block type and shape {shape:?}", source.parts),
+            got: "mixed types or shapes".into(),
+        })?;
+        let mut data: Vec<u8> = Vec::new();
+        for p in &source.parts {
+            data.extend_from_slice(self.bytes(self.entry(p)?));
+        }
+        if let Transform::Unpermute(n_head) = source.transform {
+            let row_bytes = shape[1] / dtype.block_size() * dtype.type_size();
+            data = unpermute_rows(&data, row_bytes, n_head).ok_or_else(|| {
+                Error::config(
+                    hf_name,
+                    format!("cannot undo the q/k permutation of {} rows with {n_head} heads", shape[0]),
+                )
+            })?;
+        }
+        Ok(ggml_file::qtensor_from_ggml(
+            dtype,
+            &data,
+            shape.to_vec(),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// The tensor for `source` dequantized to f32 with the Hugging Face `shape`.
+    pub fn dequantize(&self, hf_name: &str, source: &Source, shape: &[usize]) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(source.parts.len());
+        for p in &source.parts {
+            let e = self.entry(p)?;
+            let q = ggml_file::qtensor_from_ggml(
+                e.dtype,
+                self.bytes(e),
+                e.shape.clone(),
+                &Device::Cpu,
+            )?;
+            let t = q.dequantize(&Device::Cpu)?;
+            let cols = *e.shape.last().unwrap_or(&1);
+            let rows = e.shape.iter().product::<usize>() / cols.max(1);
+            parts.push(t.reshape((rows, cols))?);
+        }
+        let t = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        let want: usize = shape.iter().product();
+        if t.elem_count() != want {
+            let got = if source.parts.len() == 1 {
+                self.entry(&source.parts[0])?.shape.clone()
+            } else {
+                t.dims().to_vec()
+            };
+            return Err(Error::ShapeMismatch {
+                name: format!("{hf_name} (GGUF `{}`)", source.parts.join("` + `")),
+                expected: shape.to_vec(),
+                got,
+            });
+        }
+        let t = match source.transform {
+            Transform::None => t,
+            Transform::Add(c) => t.affine(1.0, c as f64)?,
+            Transform::ALogFromA => t.neg()?.log()?,
+            Transform::Unpermute(n_head) => {
+                let (rows, cols) = t.dims2()?;
+                if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+                    return Err(Error::config(
+                        hf_name,
+                        format!("cannot undo the q/k permutation of {rows} rows with {n_head} heads"),
+                    ));
+                }
+                // Stored rows per head are [pairs.., 2] interleaved; HF wants [2, pairs..].
+                t.reshape((n_head, rows / n_head / 2, 2, cols))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((rows, cols))?
+            }
+        };
+        Ok(t.reshape(shape)?.to_dtype(DType::F32)?)
+    }
+
+    /// Element type and stored bytes per ggml type, sorted by bytes (for `info`).
+    pub fn type_summary(&self) -> Vec<(GgmlDType, usize, usize)> {
+        let mut by: HashMap<GgmlDType, (usize, usize)> = HashMap::new();
+        for e in self.tensors.values() {
+            let s = by.entry(e.dtype).or_default();
+            s.0 += 1;
+            s.1 += e.range.len();
+        }
+        let mut v: Vec<_> = by.into_iter().map(|(d, (n, b))| (d, n, b)).collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.2));
+        v
+    }
+}
+
+/// Undoes `permute(w, n_head)` of llama.cpp's converter on rows of `row_bytes` bytes:
+/// per head, stored row `2j + i` holds Hugging Face row `i * (d/2) + j`.
+fn unpermute_rows(data: &[u8], row_bytes: usize, n_head: usize) -> Option<Vec<u8>> {
+    let rows = data.len().checked_div(row_bytes)?;
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return None;
+    }
+    let d = rows / n_head;
+    let half = d / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for i in 0..2 {
+                let src = h * d + 2 * j + i;
+                let dst = h * d + i * half + j;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn value_usize(v: &Value) -> Option<usize> {
+    match v {
+        Value::U8(x) => Some(*x as usize),
+        Value::U16(x) => Some(*x as usize),
+        Value::U32(x) => Some(*x as usize),
+        Value::U64(x) => usize::try_from(*x).ok(),
+        Value::I8(x) => usize::try_from(*x).ok(),
+        Value::I16(x) => usize::try_from(*x).ok(),
+        Value::I32(x) => usize::try_from(*x).ok(),
+        Value::I64(x) => usize::try_from(*x).ok(),
+        _ => None,
+    }
+}
+
+fn value_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::F32(x) => Some(*x as f64),
+        Value::F64(x) => Some(*x),
+        other => value_usize(other).map(|x| x as f64),
+    }
+}
+
+/// A GGUF file translated to Hugging Face terms: the `config.json` equivalent and the name map.
+pub struct GgufModel {
+    /// The opened file.
+    pub file: GgufFile,
+    /// `config.json` values for the architecture's model file.
+    pub config: serde_json::Value,
+    /// Hugging Face tensor name → GGUF source.
+    pub names: HashMap<String, Source>,
+}
+
+/// Opens a GGUF file and maps it to Hugging Face names and config.
+pub fn open(path: &Path) -> Result<GgufModel> {
+    let file = GgufFile::open(path)?;
+    let (config, names) = match file.arch() {
+        "llama" => map_llama(&file, "LlamaForCausalLM", "llama")?,
+        "granite" => map_llama(&file, "GraniteForCausalLM", "granite")?,
+        "granitehybrid" => map_granite_hybrid(&file)?,
+        "gemma3" => map_gemma3(&file)?,
+        "mamba2" => map_mamba2(&file)?,
+        other => {
+            return Err(Error::UnsupportedArchitecture(format!(
+                "{other} (GGUF general.architecture; supported: llama, granite, granitehybrid, gemma3, mamba2)"
+            )))
+        }
+    };
+    Ok(GgufModel {
+        file,
+        config,
+        names,
+    })
+}
+
+type Names = HashMap<String, Source>;
+
+fn plain(parts: &[String]) -> Source {
+    Source {
+        parts: parts.to_vec(),
+        transform: Transform::None,
+    }
+}
+
+/// Adds `hf` ← `gguf` when the GGUF tensor exists.
+fn add(names: &mut Names, file: &GgufFile, hf: String, gguf: String, transform: Transform) {
+    if file.tensors().contains_key(&gguf) {
+        names.insert(
+            hf,
+            Source {
+                parts: vec![gguf],
+                transform,
+            },
+        );
+    }
+}
+
+/// Adds `hf` ← rows of `parts` concatenated, when all exist.
+fn add_cat(names: &mut Names, file: &GgufFile, hf: String, parts: &[String]) {
+    if parts.iter().all(|p| file.tensors().contains_key(p)) {
+        names.insert(hf, plain(parts));
+    }
+}
+
+/// Token rows of the embedding (GGUF may pad or trim the vocabulary relative to the tokenizer).
+fn vocab_rows(file: &GgufFile) -> Result<usize> {
+    let e = file
+        .tensors()
+        .get("token_embd.weight")
+        .ok_or_else(|| Error::MissingTensor {
+            name: "token_embd.weight".into(),
+            file: file.path().to_path_buf(),
+        })?;
+    e.shape
+        .first()
+        .copied()
+        .ok_or_else(|| Error::config("token_embd.weight", "has no dimensions"))
+}
+
+/// Special-token ids the engine stops on.
+fn eos_ids(file: &GgufFile) -> Result<Vec<usize>> {
+    let mut ids = Vec::new();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+        if let Some(id) = file.opt_usize(key)? {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Fields every architecture shares.
+fn common(file: &GgufFile, arch: &str, model_type: &str) -> Result<Map<String, serde_json::Value>> {
+    let mut c = Map::new();
+    c.insert("architectures".into(), json!([arch]));
+    c.insert("model_type".into(), json!(model_type));
+    c.insert("vocab_size".into(), json!(vocab_rows(file)?));
+    c.insert(
+        "hidden_size".into(),
+        json!(file.usize(&file.key("embedding_length"))?),
+    );
+    c.insert(
+        "num_hidden_layers".into(),
+        json!(file.usize(&file.key("block_count"))?),
+    );
+    if let Some(n) = file.opt_usize(&file.key("context_length"))? {
+        c.insert("max_position_embeddings".into(), json!(n));
+    }
+    c.insert(
+        "tie_word_embeddings".into(),
+        json!(!file.tensors().contains_key("output.weight")),
+    );
+    c.insert("eos_token_id".into(), json!(eos_ids(file)?));
+    if let Some(b) = file.opt_usize("tokenizer.ggml.bos_token_id")? {
+        c.insert("bos_token_id".into(), json!(b));
+    }
+    Ok(c)
+}
+
+fn rms_eps(file: &GgufFile) -> Result<f64> {
+    let key = file.key("attention.layer_norm_rms_epsilon");
+    file.opt_f64(&key)?
+        .ok_or_else(|| Error::config(key, "missing from the GGUF metadata"))
+}
+
+fn add_top_level(names: &mut Names, file: &GgufFile, embed: &str, norm: &str, norm_t: Transform) {
+    add(
+        names,
+        file,
+        embed.into(),
+        "token_embd.weight".into(),
+        Transform::None,
+    );
+    add(
+        names,
+        file,
+        norm.into(),
+        "output_norm.weight".into(),
+        norm_t,
+    );
+    add(
+        names,
+        file,
+        "lm_head.weight".into(),
+        "output.weight".into(),
+        Transform::None,
+    );
+}
+
+/// Llama-body attention projections `{p}.self_attn.{q,k,v,o}_proj` from `blk.N.attn_*`.
+fn add_attention(
+    names: &mut Names,
+    file: &GgufFile,
+    i: usize,
+    p: &str,
+    permute: Option<(usize, usize)>,
+) {
+    let b = format!("blk.{i}");
+    for kind in ["weight", "bias"] {
+        let (tq, tk) = match permute {
+            Some((nh, nkv)) => (Transform::Unpermute(nh), Transform::Unpermute(nkv)),
+            None => (Transform::None, Transform::None),
+        };
+        add(names, file, format!("{p}.self_attn.q_proj.{kind}"), format!("{b}.attn_q.{kind}"), tq);
+        add(names, file, format!("{p}.self_attn.k_proj.{kind}"), format!("{b}.attn_k.{kind}"), tk);
+        add(
+            names,
+            file,
+            format!("{p}.self_attn.v_proj.{kind}"),
+            format!("{b}.attn_v.{kind}"),
+            Transform::None,
+        );
+        add(
+            names,
+            file,
+            format!("{p}.self_attn.o_proj.{kind}"),
+            format!("{b}.attn_output.{kind}"),
+            Transform::None,
+        );
+    }
+}
+
+/// `llama` and `granite` (dense): a Llama body; Granite adds its four multipliers.
+fn map_llama(file: &GgufFile, arch: &str, model_type: &str) -> Result<(serde_json::Value, Names)> {
+    let mut c = common(file, arch, model_type)?;
+    let n_layers = file.usize(&file.key("block_count"))?;
+    let hidden = file.usize(&file.key("embedding_length"))?;
+    let n_head = file.usize(&file.key("attention.head_count"))?;
+    let n_kv = file
+        .opt_usize(&file.key("attention.head_count_kv"))?
+        .unwrap_or(n_head);
+    let head_dim = match file.opt_usize(&file.key("attention.key_length"))? {
+        Some(d) => d,
+        None => hidden.checked_div(n_head).unwrap_or(0),
+    };
+    c.insert("num_attention_heads".into(), json!(n_head));
+    c.insert("num_key_value_heads".into(), json!(n_kv));
+    c.insert("head_dim".into(), json!(head_dim));
+    c.insert(
+        "intermediate_size".into(),
+        json!(file.usize(&file.key("feed_forward_length"))?),
+    );
+    c.insert("rms_norm_eps".into(), json!(rms_eps(file)?));
+    c.insert(
+        "rope_theta".into(),
+        json!(file.opt_f64(&file.key("rope.freq_base"))?.unwrap_or(10000.0)),
+    );
+    c.insert("hidden_act".into(), json!("silu"));
+    if file.tensors().contains_key("rope_freqs.weight") {
+        return Err(Error::config(
+            "rope_freqs.weight",
+            "per-dimension RoPE frequency factors (llama3-style scaling in GGUF) are not supported",
+        ));
+    }
+    match file.opt_str(&file.key("rope.scaling.type"))? {
+        None | Some("none") => {}
+        Some("linear") => {
+            let f = file
+                .opt_f64(&file.key("rope.scaling.factor"))?
+                .unwrap_or(1.0);
+            c.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": f}));
+        }
+        Some(other) => {
+            return Err(Error::config(
+                file.key("rope.scaling.type"),
+                format!("RoPE scaling `{other}` is not supported from GGUF"),
+            ))
+        }
+    }
+    c.insert(
+        "attention_bias".into(),
+        json!(file.tensors().contains_key("blk.0.attn_q.bias")),
+    );
+    c.insert(
+        "mlp_bias".into(),
+        json!(file.tensors().contains_key("blk.0.ffn_up.bias")),
+    );
+    if model_type == "granite" {
+        granite_multipliers(file, &mut c, head_dim)?;
+    }
+    let mut names = Names::new();
+    add_top_level(&mut names, file, "model.embed_tokens.weight", "model.norm.weight", Transform::None);
+    for i in 0..n_layers {
+        let (p, b) = (format!("model.layers.{i}"), format!("blk.{i}"));
+        add(&mut names, file, format!("{p}.input_layernorm.weight"), format!("{b}.attn_norm.weight"), Transform::None);
+        add(&mut names, file, format!("{p}.post_attention_layernorm.weight"), format!("{b}.ffn_norm.weight"), Transform::None);
+        add_attention(&mut names, file, i, &p, Some((n_head, n_kv)));
+        for (hf, g) in [("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")] {
+            for kind in ["weight", "bias"] {
+                add(&mut names, file, format!("{p}.mlp.{hf}.{kind}"), format!("{b}.{g}.{kind}"), Transform::None);
+            }
+        }
+    }
+    Ok((serde_json::Value::Object(c), names))
+}
+
+/// Granite's multipliers; absent keys take llama.cpp's defaults (softmax scale `1/sqrt(d)`,
+/// the others 1).
+fn granite_multipliers(
+    file: &GgufFile,
+    c: &mut Map<String, serde_json::Value>,
+    head_dim: usize,
+) -> Result<()> {
+    let attn = file
+        .opt_f64(&file.key("attention.scale"))?
+        .filter(|v| *v != 0.0)
+        .unwrap_or(1.0 / (head_dim.max(1) as f64).sqrt());
+    c.insert("attention_multiplier".into(), json!(attn));
+    for (key, field) in [
+        ("embedding_scale", "embedding_multiplier"),
+        ("residual_scale", "residual_multiplier"),
+        ("logit_scale", "logits_scaling"),
+    ] {
+        let v = file
+            .opt_f64(&file.key(key))?
+            .filter(|v| *v != 0.0)
+            .unwrap_or(1.0);
+        c.insert(field.into(), json!(v));
+    }
+    Ok(())
+}
+
+/// Mamba2 `ssm.*` geometry as Hugging Face field values: (heads, head_dim, groups, state, conv).
+struct SsmGeometry {
+    n_heads: usize,
+    d_inner: usize,
+    n_groups: usize,
+    d_state: usize,
+    d_conv: usize,
+}
+
+fn ssm_geometry(file: &GgufFile) -> Result<SsmGeometry> {
+    let g = SsmGeometry {
+        n_heads: file.usize(&file.key("ssm.time_step_rank"))?,
+        d_inner: file.usize(&file.key("ssm.inner_size"))?,
+        n_groups: file
+            .opt_usize(&file.key("ssm.group_count"))?
+            .unwrap_or(1),
+        d_state: file.usize(&file.key("ssm.state_size"))?,
+        d_conv: file.usize(&file.key("ssm.conv_kernel"))?,
+    };
+    if g.n_heads == 0 || !g.d_inner.is_multiple_of(g.n_heads) {
+        return Err(Error::config(
+            file.key("ssm.time_step_rank"),
+            format!("{} heads do not divide ssm.inner_size {}", g.n_heads, g.d_inner),
+        ));
+    }
+    Ok(g)
+}
+
+/// The Mamba2 mixer tensors `{p}.{in_proj, conv1d, dt_bias, A_log, D, norm, out_proj}`.
+fn add_mamba_mixer(names: &mut Names, file: &GgufFile, i: usize, p: &str) {
+    let b = format!("blk.{i}");
+    let t = Transform::None;
+    add(names, file, format!("{p}.in_proj.weight"), format!("{b}.ssm_in.weight"), t.clone());
+    add(names, file, format!("{p}.in_proj.bias"), format!("{b}.ssm_in.bias"), t.clone());
+    add(names, file, format!("{p}.conv1d.weight"), format!("{b}.ssm_conv1d.weight"), t.clone());
+    add(names, file, format!("{p}.conv1d.bias"), format!("{b}.ssm_conv1d.bias"), t.clone());
+    add(names, file, format!("{p}.dt_bias"), format!("{b}.ssm_dt.bias"), t.clone());
+    add(names, file, format!("{p}.A_log"), format!("{b}.ssm_a"), Transform::ALogFromA);
+    add(names, file, format!("{p}.D"), format!("{b}.ssm_d"), t.clone());
+    add(names, file, format!("{p}.norm.weight"), format!("{b}.ssm_norm.weight"), t.clone());
+    add(names, file, format!("{p}.out_proj.weight"), format!("{b}.ssm_out.weight"), t.clone());
+    add(names, file, format!("{p}.out_proj.bias"), format!("{b}.ssm_out.bias"), t);
+}
+
+/// `granitehybrid`: Mamba2 layers where `head_count_kv` is 0, attention elsewhere; dense or
+/// MoE feed-forward with a shared MLP; Granite multipliers.
+fn map_granite_hybrid(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
+    let mut c = common(file, "GraniteMoeHybridForCausalLM", "granitemoehybrid")?;
+    let n_layers = file.usize(&file.key("block_count"))?;
+    let hidden = file.usize(&file.key("embedding_length"))?;
+    let kv = file.per_layer(&file.key("attention.head_count_kv"), n_layers)?;
+    let heads = file.per_layer(&file.key("attention.head_count"), n_layers)?;
+    let n_head = heads.iter().copied().max().unwrap_or(0);
+    let n_kv = kv.iter().copied().max().unwrap_or(0);
+    let layer_types: Vec<&str> = kv
+        .iter()
+        .map(|&k| if k == 0 { "mamba" } else { "attention" })
+        .collect();
+    let head_dim = match file.opt_usize(&file.key("attention.key_length"))? {
+        Some(d) => d,
+        None => hidden.checked_div(n_head.max(1)).unwrap_or(0),
+    };
+    c.insert("layer_types".into(), json!(layer_types));
+    c.insert("num_attention_heads".into(), json!(n_head.max(1)));
+    c.insert("num_key_value_heads".into(), json!(n_kv.max(1)));
+    c.insert("head_dim".into(), json!(head_dim.max(1)));
+    c.insert("rms_norm_eps".into(), json!(rms_eps(file)?));
+    c.insert("hidden_act".into(), json!("silu"));
+    // llama.cpp uses `rope.scaling.finetuned` as the RoPE switch for this architecture.
+    let rope = file
+        .opt_bool(&file.key("rope.scaling.finetuned"))?
+        .unwrap_or(true);
+    c.insert(
+        "position_embedding_type".into(),
+        json!(if rope { "rope" } else { "nope" }),
+    );
+    c.insert(
+        "rope_theta".into(),
+        json!(file.opt_f64(&file.key("rope.freq_base"))?.unwrap_or(10000.0)),
+    );
+    c.insert(
+        "attention_bias".into(),
+        json!(file.tensors().keys().any(|k| k.ends_with(".attn_q.bias"))),
+    );
+    granite_multipliers(file, &mut c, head_dim)?;
+
+    let has_mamba = kv.contains(&0);
+    if has_mamba {
+        let g = ssm_geometry(file)?;
+        if !g.d_inner.is_multiple_of(hidden.max(1)) {
+            return Err(Error::config(
+                file.key("ssm.inner_size"),
+                format!("{} is not a multiple of embedding_length {hidden}", g.d_inner),
+            ));
+        }
+        c.insert("mamba_n_heads".into(), json!(g.n_heads));
+        c.insert("mamba_d_head".into(), json!(g.d_inner / g.n_heads));
+        c.insert("mamba_expand".into(), json!(g.d_inner / hidden.max(1)));
+        c.insert("mamba_n_groups".into(), json!(g.n_groups));
+        c.insert("mamba_d_state".into(), json!(g.d_state));
+        c.insert("mamba_d_conv".into(), json!(g.d_conv));
+        let t = file.tensors();
+        c.insert(
+            "mamba_conv_bias".into(),
+            json!(t.keys().any(|k| k.ends_with(".ssm_conv1d.bias"))),
+        );
+        c.insert(
+            "mamba_proj_bias".into(),
+            json!(t.keys().any(|k| k.ends_with(".ssm_in.bias"))),
+        );
+    }
+    let n_experts = file.opt_usize(&file.key("expert_count"))?.unwrap_or(0);
+    c.insert("num_local_experts".into(), json!(n_experts));
+    let tensors = file.tensors();
+    let ffn_rows = |name: &str| tensors.get(name).and_then(|e| e.shape.last().copied());
+    if n_experts > 0 {
+        c.insert(
+            "num_experts_per_tok".into(),
+            json!(file.usize(&file.key("expert_used_count"))?),
+        );
+        c.insert(
+            "intermediate_size".into(),
+            json!(file.usize(&file.key("expert_feed_forward_length"))
+                .or_else(|_| file.usize(&file.key("feed_forward_length")))?),
+        );
+        let shared = file
+            .opt_usize(&file.key("expert_shared_feed_forward_length"))?
+            .or_else(|| ffn_rows("blk.0.ffn_down_shexp.weight"))
+            .ok_or_else(|| {
+                Error::config(
+                    file.key("expert_shared_feed_forward_length"),
+                    "missing, and no blk.0.ffn_down_shexp.weight to infer it from",
+                )
+            })?;
+        c.insert("shared_intermediate_size".into(), json!(shared));
+    } else {
+        // Dense: the shared MLP is stored as plain ffn_{gate,up,down}.
+        let shared = ffn_rows("blk.0.ffn_down.weight")
+            .or(file.opt_usize(&file.key("feed_forward_length"))?)
+            .ok_or_else(|| Error::config(file.key("feed_forward_length"), "missing"))?;
+        c.insert("shared_intermediate_size".into(), json!(shared));
+        c.insert("intermediate_size".into(), json!(shared));
+        c.insert("num_experts_per_tok".into(), json!(0));
+    }
+
+    let mut names = Names::new();
+    add_top_level(&mut names, file, "model.embed_tokens.weight", "model.norm.weight", Transform::None);
+    for (i, &kvh) in kv.iter().enumerate() {
+        let (p, b) = (format!("model.layers.{i}"), format!("blk.{i}"));
+        add(&mut names, file, format!("{p}.input_layernorm.weight"), format!("{b}.attn_norm.weight"), Transform::None);
+        add(&mut names, file, format!("{p}.post_attention_layernorm.weight"), format!("{b}.ffn_norm.weight"), Transform::None);
+        if kvh == 0 {
+            add_mamba_mixer(&mut names, file, i, &format!("{p}.mamba"));
+        } else {
+            // The converter permutes q/k for every Granite attention layer, RoPE or not.
+            add_attention(&mut names, file, i, &p, Some((heads[i], kvh)));
+        }
+        let sm = format!("{p}.shared_mlp");
+        if n_experts > 0 {
+            add_cat(&mut names, file, format!("{sm}.input_linear.weight"), &[format!("{b}.ffn_gate_shexp.weight"), format!("{b}.ffn_up_shexp.weight")]);
+            if !names.contains_key(&format!("{sm}.input_linear.weight")) {
+                // Newer converters keep the shared gate/up fused in ffn_up_shexp.
+                add(&mut names, file, format!("{sm}.input_linear.weight"), format!("{b}.ffn_up_shexp.weight"), Transform::None);
+            }
+            add(&mut names, file, format!("{sm}.output_linear.weight"), format!("{b}.ffn_down_shexp.weight"), Transform::None);
+            let moe = format!("{p}.block_sparse_moe");
+            add(&mut names, file, format!("{moe}.router.layer.weight"), format!("{b}.ffn_gate_inp.weight"), Transform::None);
+            add_cat(&mut names, file, format!("{moe}.input_linear.weight"), &[format!("{b}.ffn_gate_exps.weight"), format!("{b}.ffn_up_exps.weight")]);
+            if !names.contains_key(&format!("{moe}.input_linear.weight")) {
+                add(&mut names, file, format!("{moe}.input_linear.weight"), format!("{b}.ffn_gate_up_exps.weight"), Transform::None);
+            }
+            add(&mut names, file, format!("{moe}.output_linear.weight"), format!("{b}.ffn_down_exps.weight"), Transform::None);
+        } else {
+            add_cat(&mut names, file, format!("{sm}.input_linear.weight"), &[format!("{b}.ffn_gate.weight"), format!("{b}.ffn_up.weight")]);
+            add(&mut names, file, format!("{sm}.output_linear.weight"), format!("{b}.ffn_down.weight"), Transform::None);
+        }
+    }
+    Ok((serde_json::Value::Object(c), names))
+}
+
+/// `gemma3`: local/global attention with q/k norms and four norms per layer (stored `1 + w`).
+fn map_gemma3(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
+    let mut c = common(file, "Gemma3ForCausalLM", "gemma3_text")?;
+    let n_layers = file.usize(&file.key("block_count"))?;
+    let hidden = file.usize(&file.key("embedding_length"))?;
+    let n_head = file.usize(&file.key("attention.head_count"))?;
+    let n_kv = file
+        .opt_usize(&file.key("attention.head_count_kv"))?
+        .unwrap_or(n_head);
+    let head_dim = file
+        .opt_usize(&file.key("attention.key_length"))?
+        .unwrap_or(256);
+    c.insert("num_attention_heads".into(), json!(n_head));
+    c.insert("num_key_value_heads".into(), json!(n_kv));
+    c.insert("head_dim".into(), json!(head_dim));
+    c.insert(
+        "intermediate_size".into(),
+        json!(file.usize(&file.key("feed_forward_length"))?),
+    );
+    c.insert("rms_norm_eps".into(), json!(rms_eps(file)?));
+    c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+    // llama.cpp: 1/sqrt(head_dim), except the 27B (62 layers) which uses hidden/heads.
+    let scalar = if n_layers == 62 {
+        hidden / n_head.max(1)
+    } else {
+        head_dim
+    };
+    c.insert("query_pre_attn_scalar".into(), json!(scalar));
+    c.insert(
+        "rope_theta".into(),
+        json!(file.opt_f64(&file.key("rope.freq_base"))?.unwrap_or(1_000_000.0)),
+    );
+    c.insert(
+        "rope_local_base_freq".into(),
+        json!(file
+            .opt_f64(&file.key("rope.freq_base_swa"))?
+            .unwrap_or(10000.0)),
+    );
+    if let Some(cap) = file.opt_f64(&file.key("final_logit_softcapping"))? {
+        if cap != 0.0 {
+            c.insert("final_logit_softcapping".into(), json!(cap));
+        }
+    }
+    let window = file.opt_usize(&file.key("attention.sliding_window"))?;
+    let layer_types: Vec<&str> = match window {
+        Some(w) if w > 0 => {
+            c.insert("sliding_window".into(), json!(w));
+            // llama.cpp: an explicit bool array, else every `pattern`-th layer (default 6) is global.
+            let key = file.key("attention.sliding_window_pattern");
+            let is_swa: Vec<bool> = match file.get(&key) {
+                Some(Value::Array(a)) => a.iter().map(|v| matches!(v, Value::Bool(true))).collect(),
+                _ => {
+                    let n = file.opt_usize(&key)?.unwrap_or(6);
+                    (0..n_layers).map(|i| n == 0 || i % n < n - 1).collect()
+                }
+            };
+            if is_swa.len() != n_layers {
+                return Err(Error::config(key, format!("has {} entries for {n_layers} layers", is_swa.len())));
+            }
+            is_swa
+                .iter()
+                .map(|&s| if s { "sliding_attention" } else { "full_attention" })
+                .collect()
+        }
+        _ => vec!["full_attention"; n_layers],
+    };
+    c.insert("layer_types".into(), json!(layer_types));
+    let mut names = Names::new();
+    let norm = Transform::Add(-1.0);
+    add_top_level(&mut names, file, "model.embed_tokens.weight", "model.norm.weight", norm.clone());
+    for i in 0..n_layers {
+        let (p, b) = (format!("model.layers.{i}"), format!("blk.{i}"));
+        for (hf, g) in [
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "post_attention_norm"),
+            ("pre_feedforward_layernorm", "ffn_norm"),
+            ("post_feedforward_layernorm", "post_ffw_norm"),
+            ("self_attn.q_norm", "attn_q_norm"),
+            ("self_attn.k_norm", "attn_k_norm"),
+        ] {
+            add(&mut names, file, format!("{p}.{hf}.weight"), format!("{b}.{g}.weight"), norm.clone());
+        }
+        add_attention(&mut names, file, i, &p, None);
+        for (hf, g) in [("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")] {
+            add(&mut names, file, format!("{p}.mlp.{hf}.weight"), format!("{b}.{g}.weight"), Transform::None);
+        }
+    }
+    Ok((serde_json::Value::Object(c), names))
+}
+
+/// `mamba2`: a pure Mamba2 stack (`backbone.*` names).
+fn map_mamba2(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
+    let mut c = common(file, "Mamba2ForCausalLM", "mamba2")?;
+    let n_layers = file.usize(&file.key("block_count"))?;
+    let hidden = file.usize(&file.key("embedding_length"))?;
+    let g = ssm_geometry(file)?;
+    c.insert("num_heads".into(), json!(g.n_heads));
+    c.insert("head_dim".into(), json!(g.d_inner / g.n_heads));
+    c.insert(
+        "expand".into(),
+        json!(g.d_inner.checked_div(hidden).unwrap_or(0)),
+    );
+    c.insert("n_groups".into(), json!(g.n_groups));
+    c.insert("state_size".into(), json!(g.d_state));
+    c.insert("conv_kernel".into(), json!(g.d_conv));
+    c.insert("layer_norm_epsilon".into(), json!(rms_eps(file)?));
+    let t = file.tensors();
+    c.insert(
+        "use_conv_bias".into(),
+        json!(t.contains_key("blk.0.ssm_conv1d.bias")),
+    );
+    c.insert("use_bias".into(), json!(t.contains_key("blk.0.ssm_in.bias")));
+    c.insert("hidden_act".into(), json!("silu"));
+    // llama.cpp applies no dt clamp.
+    c.insert("time_step_limit".into(), json!([0.0, "Infinity"]));
+    let mut names = Names::new();
+    add_top_level(&mut names, file, "backbone.embeddings.weight", "backbone.norm_f.weight", Transform::None);
+    for i in 0..n_layers {
+        let p = format!("backbone.layers.{i}");
+        add(&mut names, file, format!("{p}.norm.weight"), format!("blk.{i}.attn_norm.weight"), Transform::None);
+        add_mamba_mixer(&mut names, file, i, &format!("{p}.mixer"));
+    }
+    Ok((serde_json::Value::Object(c), names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's `permute` on row indices, to check that `unpermute_rows` inverts it.
+    fn permute(rows: &[u8], n_head: usize) -> Vec<u8> {
+        let d = rows.len() / n_head;
+        let mut out = vec![0; rows.len()];
+        // reshape(n_head, 2, d/2).swapaxes(1, 2): out[h, j, i] = in[h, i, j]
+        for h in 0..n_head {
+            for i in 0..2 {
+                for j in 0..d / 2 {
+                    out[h * d + j * 2 + i] = rows[h * d + i * (d / 2) + j];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unpermute_inverts_the_converter() {
+        let rows: Vec<u8> = (0..24).collect();
+        for n_head in [1, 2, 3, 6] {
+            let p = permute(&rows, n_head);
+            assert_eq!(unpermute_rows(&p, 1, n_head).unwrap(), rows, "{n_head} heads");
+        }
+        assert!(unpermute_rows(&rows, 1, 5).is_none());
+    }
+
+    #[test]
+    fn truncated_and_garbage_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.gguf");
+        std::fs::write(&p, b"GGUF\x03\x00\x00\x00").unwrap();
+        let e = GgufFile::open(&p).err().unwrap().to_string();
+        assert!(e.contains("GGUF header"), "{e}");
+        std::fs::write(&p, b"not a gguf file at all").unwrap();
+        assert!(GgufFile::open(&p).is_err());
+    }
+}
