@@ -460,7 +460,7 @@ mod tests {
         let fused = Linear::new(Tensor::from_vec(w, (rows, 2), &Device::Cpu).unwrap(), None);
         split_qkv_rows(n_heads, n_kv, hd).map(|idx| {
             let part = fused.select_outputs(&idx).unwrap();
-            to_vec(&part.weight().narrow(1, 0, 1).unwrap()).unwrap()
+            to_vec(&part.weight().unwrap().narrow(1, 0, 1).unwrap()).unwrap()
         })
     }
 
