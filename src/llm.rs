@@ -12,6 +12,7 @@ use crate::engine::llm_engine::LlmEngine;
 use crate::engine::model_runner::ModelRunner;
 use crate::engine::scheduler::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
+use crate::loader::LoadOptions;
 use crate::models::Model;
 use crate::outputs::{CompletionOutput, RequestOutput, SeqUpdate};
 use crate::sampling_params::SamplingParams;
@@ -258,15 +259,22 @@ pub struct LLM {
 }
 
 impl LLM {
-    /// Loads a model directory (config.json, safetensors, tokenizer.json when present).
+    /// Loads a model directory (config.json, safetensors, tokenizer.json when present) or a
+    /// `.gguf` file.
     pub fn new(model: &Path, cfg: EngineConfig) -> Result<Self> {
+        Self::with_options(model, cfg, &LoadOptions::default())
+    }
+
+    /// [`LLM::new`] for a model directory or `.gguf` file, with load-time options (e.g.
+    /// `--quantize`). A GGUF file brings its own tokenizer.
+    pub fn with_options(model: &Path, cfg: EngineConfig, options: &LoadOptions) -> Result<Self> {
         init_threads(cfg.threads);
-        let tokenizer = if model.join("tokenizer.json").is_file() {
-            Some(Arc::new(Tokenizer::from_dir(model)?))
+        let tokenizer = if crate::models::is_gguf(model) || model.join("tokenizer.json").is_file() {
+            Some(Arc::new(Tokenizer::from_path(model)?))
         } else {
             None
         };
-        let loaded = crate::models::load(model)?;
+        let loaded = crate::models::load_with(model, options)?;
         let (engine, plan) = build_engine(loaded, tokenizer, &cfg)?;
         Ok(Self { engine, plan })
     }

@@ -81,7 +81,7 @@ impl Linear {
     /// Stacks two layers over the same input into one (`a`'s outputs first), e.g. a separate
     /// gate and up projection into a fused one. Biases are kept when both layers have one.
     pub fn concat_out(a: &Linear, b: &Linear) -> Result<Self> {
-        let weight = Tensor::cat(&[&a.weight, &b.weight], 0)?;
+        let weight = Matrix::concat_rows(&a.weight, &b.weight)?;
         let bias = match (&a.bias, &b.bias) {
             (Some(x), Some(y)) => Some(Tensor::cat(&[x, y], 0)?),
             _ => None,

@@ -54,9 +54,13 @@ impl RmsNorm {
     }
 }
 
-/// Normalises `row` in place and scales it by `weight`.
+/// Normalises `row` in place and scales it by `weight`. The squares are summed in f64 and
+/// the scale formed in f32 as ggml's `rms_norm` does, so a GGUF model sees bit-identical
+/// normalised activations (which then feed quantized matmuls, where one flipped rounding
+/// moves the logits visibly).
 pub fn rms_normalize(row: &mut [f32], weight: &[f32], eps: f32) {
-    let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let sum: f64 = row.iter().map(|v| (v * v) as f64).sum();
+    let mean_sq = (sum / row.len() as f64) as f32;
     let inv = 1.0 / (mean_sq + eps).sqrt();
     for (v, w) in row.iter_mut().zip(weight) {
         *v = *v * inv * w;

@@ -8,13 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{self, BlockQ8_0, QK8_0};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::{self, GgufModel};
 use super::safetensors::SafetensorsFiles;
 use crate::error::{Error, Result};
+use crate::kernels::cpu::ggml_matmul;
 
 /// Load-time weight conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,12 @@ impl Matrix {
                 };
                 Ok(x.matmul(&weight.t()?)?)
             }
-            Matrix::Quantized(q) if q.dtype() == GgmlDType::Q8_0 => q8_0_matmul_t(q, x),
+            Matrix::Quantized(q) if ggml_matmul::supports(q.dtype()) => {
+                let (m, _) = x.dims2()?;
+                let n = q.shape().dims2()?.0;
+                let y = ggml_matmul::matmul_t(q, &x.flatten_all()?.to_vec1::<f32>()?, m)?;
+                Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
+            }
             Matrix::Quantized(q) => {
                 let mm = QMatMul::QTensor(q.clone());
                 Ok(mm.forward(&x.contiguous()?)?)
@@ -170,6 +175,43 @@ impl Matrix {
         }
     }
 
+    /// `a`'s rows then `b`'s. Quantized matrices of one type are joined block-exactly; any
+    /// other mix falls back to dense f32.
+    pub fn concat_rows(a: &Matrix, b: &Matrix) -> Result<Matrix> {
+        match (a, b) {
+            (Matrix::Quantized(x), Matrix::Quantized(y))
+                if x.dtype() == y.dtype() && x.shape().dims().get(1) == y.shape().dims().get(1) =>
+            {
+                let (n1, k) = x.shape().dims2()?;
+                let (n2, _) = y.shape().dims2()?;
+                let mut data = x.data()?.into_owned();
+                data.extend_from_slice(&y.data()?);
+                Ok(Matrix::Quantized(Arc::new(
+                    candle_core::quantized::ggml_file::qtensor_from_ggml(
+                        x.dtype(),
+                        &data,
+                        vec![n1 + n2, k],
+                        &Device::Cpu,
+                    )?,
+                )))
+            }
+            (
+                Matrix::Dense {
+                    weight: x,
+                    round_input: rx,
+                },
+                Matrix::Dense {
+                    weight: y,
+                    round_input: ry,
+                },
+            ) if rx == ry => Ok(Matrix::Dense {
+                weight: Tensor::cat(&[x, y], 0)?,
+                round_input: *rx,
+            }),
+            _ => Ok(Matrix::dense(Tensor::cat(&[a.to_dense()?, b.to_dense()?], 0)?)),
+        }
+    }
+
     /// The whole matrix as f32 (dequantizing a quantized one).
     pub fn to_dense(&self) -> Result<Tensor> {
         match self {
@@ -198,41 +240,6 @@ impl Matrix {
             Matrix::Quantized(q) => Some(q.dtype()),
         }
     }
-}
-
-/// `x · Wᵀ` for Q8_0 weights through candle's generic kernel, which quantizes each activation
-/// row to Q8_0 blocks as llama.cpp does. candle's x86 repacked kernel quantizes activations to
-/// 256-wide Q8_K blocks instead, a different rounding that makes greedy tokens drift from
-/// llama.cpp's on the same file.
-fn q8_0_matmul_t(q: &QTensor, x: &Tensor) -> Result<Tensor> {
-    let (n, k) = q.shape().dims2()?;
-    let (m, xk) = x.dims2()?;
-    if xk != k {
-        return Err(Error::ShapeMismatch {
-            name: "matmul input".into(),
-            expected: vec![m, k],
-            got: vec![m, xk],
-        });
-    }
-    let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-    let data = q.data()?;
-    let size = std::mem::size_of::<BlockQ8_0>();
-    if data.len() != n * k / QK8_0 * size
-        || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<BlockQ8_0>())
-    {
-        return Err(Error::DTypeMismatch {
-            name: "Q8_0 matrix".into(),
-            expected: format!("{} aligned Q8_0 blocks", n * k / QK8_0),
-            got: format!("{} bytes", data.len()),
-        });
-    }
-    // SAFETY: the bytes are the CPU storage of a `Vec<BlockQ8_0>` (checked length and
-    // alignment above), borrowed for the duration of this call.
-    let blocks: &[BlockQ8_0] =
-        unsafe { std::slice::from_raw_parts(data.as_ptr() as *const BlockQ8_0, data.len() / size) };
-    let mut dst = vec![0f32; m * n];
-    k_quants::matmul((m, k, n), &lhs, blocks, &mut dst)?;
-    Ok(Tensor::from_vec(dst, (m, n), &Device::Cpu)?)
 }
 
 enum Backend {

@@ -416,11 +416,10 @@ impl Model for Gemma3 {
         }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.norm.forward(&x)?;
-        let head = match &self.lm_head {
-            Some(l) => l.weight(),
-            None => self.embed.table(),
+        let logits = match &self.lm_head {
+            Some(l) => l.forward(&x)?,
+            None => self.embed.project(&x)?,
         };
-        let logits = x.matmul(&head.t()?)?;
         let Some(cap) = self.final_softcap else {
             return Ok(logits);
         };

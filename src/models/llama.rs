@@ -387,11 +387,10 @@ impl Model for LlamaStack {
         }
         let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let x = self.norm.forward(&x)?;
-        let head = match &self.lm_head {
-            Some(l) => l.weight(),
-            None => self.embed.table(),
+        let logits = match &self.lm_head {
+            Some(l) => l.forward(&x)?,
+            None => self.embed.project(&x)?,
         };
-        let logits = x.matmul(&head.t()?)?;
         if self.mult.logits_scaling == 1.0 {
             return Ok(logits);
         }
