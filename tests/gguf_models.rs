@@ -177,7 +177,10 @@ fn check_tokenizer(path: &Path, name: &str) {
         );
     }
     // The reference prompts (chat-template renderings included) with BOS as the vocab says.
-    for case in fixture(&format!("{name}.json"))["cases"].as_array().unwrap() {
+    for case in fixture(&format!("{name}.json"))["cases"]
+        .as_array()
+        .unwrap()
+    {
         let text = case["text"].as_str().unwrap();
         assert_eq!(
             tok.encode(text, true).unwrap(),

@@ -122,7 +122,8 @@ fn load(args: &Args, cfg: EngineConfig) -> anyhow::Result<LLM> {
         .model
         .as_ref()
         .context("--model is required for this mode")?;
-    let llm = LLM::new(model, cfg).with_context(|| format!("loading {}", model.display()))?;
+    let llm = LLM::with_options(model, cfg, &args.engine.load_options())
+        .with_context(|| format!("loading {}", model.display()))?;
     eprintln!("{}", llm.memory_plan());
     Ok(llm)
 }

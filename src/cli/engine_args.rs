@@ -1,6 +1,10 @@
 //! Engine options shared by `generate`, `bench`, `chat` and `serve`.
 
-use nanovllm::llm::EngineConfig;
+use std::path::Path;
+
+use anyhow::Context;
+use nanovllm::llm::{EngineConfig, LLM};
+use nanovllm::loader::LoadOptions;
 
 /// Sizing and caching options of the engine.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,9 +33,25 @@ pub struct EngineArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Quantize safetensors weights at load time: q8_0 or q4_k (GGUF files keep their types).
+    #[arg(long)]
+    pub quantize: Option<nanovllm::loader::Quantization>,
 }
 
 impl EngineArgs {
+    /// Load-time options (`--quantize`).
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            quantize: self.quantize,
+        }
+    }
+
+    /// Loads `model` (a directory or `.gguf` file) into an engine with these options.
+    pub fn load(&self, model: &Path) -> anyhow::Result<LLM> {
+        LLM::with_options(model, self.config(), &self.load_options())
+            .with_context(|| format!("loading {}", model.display()))
+    }
+
     /// The library configuration these options describe.
     pub fn config(&self) -> EngineConfig {
         EngineConfig {

@@ -7,18 +7,25 @@ use std::path::PathBuf;
 use anyhow::Context;
 use nanovllm::llm::{Prompt, LLM};
 use nanovllm::sampling_params::SamplingParams;
+use nanovllm::tokenizer::chat_template::Message;
 
 use super::engine_args::EngineArgs;
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (config.json + safetensors + tokenizer.json).
+    /// Model directory (config.json + safetensors + tokenizer.json) or a `.gguf` file.
     #[arg(long)]
     model: PathBuf,
     /// The prompt text (streams the completion to stdout).
     #[arg(long, conflicts_with = "prompts_file")]
     prompt: Option<String>,
+    /// Send the prompt as a user message through the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// A file with one prompt per line; writes one JSON object per prompt.
     #[arg(long)]
     prompts_file: Option<PathBuf>,
@@ -77,27 +84,53 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..SamplingParams::default()
     };
     params.validate()?;
-    let mut llm = LLM::new(&args.model, args.engine.config())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut llm = args.engine.load(&args.model)?;
     eprintln!("{}", llm.memory_plan());
     match (&args.prompt, &args.prompts_file) {
-        (Some(prompt), _) => stream_one(&mut llm, prompt, params),
+        (Some(prompt), _) if args.chat => {
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(Message::new("system", system.as_str()));
+            }
+            messages.push(Message::new("user", prompt.as_str()));
+            let tokenizer = llm
+                .engine_mut()
+                .tokenizer()
+                .cloned()
+                .context("--chat needs the model's tokenizer")?;
+            let tokens = tokenizer.encode_chat(&messages, true)?;
+            stream_one(&mut llm, Prompt::Tokens(tokens), params)
+        }
+        (Some(prompt), _) => stream_one(&mut llm, Prompt::Text(prompt.clone()), params),
         (None, Some(file)) => run_file(&mut llm, file, args.output.as_ref(), params),
         (None, None) => anyhow::bail!("give --prompt TEXT or --prompts-file FILE"),
     }
 }
 
-fn stream_one(llm: &mut LLM, prompt: &str, params: SamplingParams) -> anyhow::Result<()> {
-    let tokens = llm.tokenize(&Prompt::Text(prompt.to_string()))?;
+/// Streams one completion to stdout; returns its text.
+pub fn stream_one(llm: &mut LLM, prompt: Prompt, params: SamplingParams) -> anyhow::Result<()> {
+    stream_completion(llm, prompt, params, true).map(|_| ())
+}
+
+/// Runs one request, writing its text to stdout as it comes; `report` prints speed to stderr.
+pub fn stream_completion(
+    llm: &mut LLM,
+    prompt: Prompt,
+    params: SamplingParams,
+    report: bool,
+) -> anyhow::Result<String> {
+    let tokens = llm.tokenize(&prompt)?;
     let n_prompt = tokens.len();
     let engine = llm.engine_mut();
     engine.add_request("cli", tokens, params)?;
     let mut out = std::io::stdout().lock();
     let mut metrics = None;
     let mut n_out = 0;
+    let mut text = String::new();
     while engine.has_unfinished() {
         for update in engine.step()? {
             n_out += update.new_token_ids.len();
+            text.push_str(&update.new_text);
             out.write_all(update.new_text.as_bytes())?;
             out.flush()?;
             if let Some((reason, _)) = update.finish {
@@ -106,6 +139,9 @@ fn stream_one(llm: &mut LLM, prompt: &str, params: SamplingParams) -> anyhow::Re
         }
     }
     writeln!(out)?;
+    if !report {
+        return Ok(text);
+    }
     if let Some((m, reason)) = metrics {
         let ttft = m.time_to_first_token.unwrap_or_default().as_secs_f64();
         eprintln!(
@@ -115,7 +151,7 @@ fn stream_one(llm: &mut LLM, prompt: &str, params: SamplingParams) -> anyhow::Re
             m.decode_tokens_per_s.unwrap_or(0.0),
         );
     }
-    Ok(())
+    Ok(text)
 }
 
 fn run_file(

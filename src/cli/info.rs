@@ -8,7 +8,7 @@ use nanovllm::models::LayerKind;
 /// Arguments of `info`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (config.json + safetensors).
+    /// Model directory (config.json + safetensors) or a `.gguf` file.
     #[arg(long)]
     model: PathBuf,
     /// Print one JSON object.
@@ -39,8 +39,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .filter(|(_, k)| **k == LayerKind::Attention)
         .map(|(i, _)| i)
         .collect();
+    let gguf = if nanovllm::models::is_gguf(&args.model) {
+        Some(gguf_summary(&args.model)?)
+    } else {
+        None
+    };
     if args.json {
         let v = serde_json::json!({
+            "gguf": gguf,
             "architecture": info.architecture,
             "num_layers": info.layer_kinds.len(),
             "layer_pattern": pattern,
@@ -76,10 +82,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             info.num_params,
             info.num_params as f64 / 1e6
         );
-        println!(
-            "weight memory       {:.1} MiB (f32)",
-            mib(info.weight_bytes)
-        );
+        match &gguf {
+            Some(g) => println!(
+                "weight memory       {:.1} MiB (as stored: quantized matrices stay quantized)",
+                g["tensor_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            ),
+            None => println!(
+                "weight memory       {:.1} MiB (f32)",
+                mib(info.weight_bytes)
+            ),
+        }
         println!(
             "recurrent state     {:.2} MiB per sequence",
             mib(costs.state_bytes_per_seq)
@@ -95,7 +107,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(m) = info.max_position_embeddings {
             println!("max positions       {m}");
         }
+        if let Some(g) = &gguf {
+            println!(
+                "GGUF                {} ({}), {:.1} MiB of tensors",
+                g["name"].as_str().unwrap_or("?"),
+                g["general_architecture"].as_str().unwrap_or("?"),
+                g["tensor_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            );
+            if let Some(types) = g["types"].as_array() {
+                for t in types {
+                    println!(
+                        "  {:<8} {:>5} tensors  {:>9.1} MiB",
+                        t["type"].as_str().unwrap_or("?"),
+                        t["tensors"],
+                        t["bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+                    );
+                }
+            }
+        }
         println!("with these engine options: {plan}");
     }
     Ok(())
+}
+
+/// Quantization types and sizes of a GGUF file.
+fn gguf_summary(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let file = nanovllm::loader::gguf::GgufFile::open(path)?;
+    let types: Vec<serde_json::Value> = file
+        .type_summary()
+        .into_iter()
+        .map(|(dtype, tensors, bytes)| {
+            serde_json::json!({"type": format!("{dtype:?}"), "tensors": tensors, "bytes": bytes})
+        })
+        .collect();
+    let total: usize = file.tensors().values().map(|e| e.range.len()).sum();
+    Ok(serde_json::json!({
+        "name": file.opt_str("general.name").ok().flatten(),
+        "general_architecture": file.arch(),
+        "tensor_bytes": total,
+        "types": types,
+        "chat_template": file.opt_str("tokenizer.chat_template").ok().flatten().is_some(),
+    }))
 }

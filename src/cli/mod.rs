@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_serve;
+mod chat;
 mod engine_args;
 mod generate;
 mod info;
@@ -24,6 +25,8 @@ enum Command {
     Info(info::Args),
     /// Generate text from a prompt, streaming it to stdout.
     Generate(generate::Args),
+    /// Chat with a model in the terminal, using its chat template (multi-turn).
+    Chat(chat::Args),
     /// Compare the model's logits and greedy tokens with a transformers reference file.
     Validate(validate::Args),
     /// Measure prefill and decode speed and peak memory.
@@ -37,12 +40,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = match &cli.command {
         Command::Generate(a) => a.threads(),
         Command::Bench(a) => a.threads(),
+        Command::Chat(a) => a.threads(),
         _ => None,
     };
     nanovllm::llm::init_threads(threads);
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),

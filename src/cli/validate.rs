@@ -7,7 +7,7 @@ use anyhow::Context;
 /// Arguments of `validate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (config.json + safetensors).
+    /// Model directory (config.json + safetensors) or a `.gguf` file.
     #[arg(long)]
     model: PathBuf,
     /// Reference safetensors: input_ids [B,T], logits [B,T,V], greedy_ids [B,N].

@@ -301,11 +301,16 @@ impl GgufFile {
     /// permutation and concatenation move whole rows of blocks, so this is exact. Callers
     /// check [`Self::quantized_type`] first.
     pub fn qtensor(&self, hf_name: &str, source: &Source, shape: &[usize]) -> Result<QTensor> {
-        let dtype = self.quantized_type(source, shape).ok_or_else(|| Error::DTypeMismatch {
-            name: hf_name.into(),
-            expected: format!("GGUF tensors {:?} of one block type and shape {shape:?}", source.parts),
-            got: "mixed types or shapes".into(),
-        })?;
+        let dtype = self
+            .quantized_type(source, shape)
+            .ok_or_else(|| Error::DTypeMismatch {
+                name: hf_name.into(),
+                expected: format!(
+                    "GGUF tensors {:?} of one block type and shape {shape:?}",
+                    source.parts
+                ),
+                got: "mixed types or shapes".into(),
+            })?;
         let mut data: Vec<u8> = Vec::new();
         for p in &source.parts {
             data.extend_from_slice(self.bytes(self.entry(p)?));
@@ -315,7 +320,10 @@ impl GgufFile {
             data = unpermute_rows(&data, row_bytes, n_head).ok_or_else(|| {
                 Error::config(
                     hf_name,
-                    format!("cannot undo the q/k permutation of {} rows with {n_head} heads", shape[0]),
+                    format!(
+                        "cannot undo the q/k permutation of {} rows with {n_head} heads",
+                        shape[0]
+                    ),
                 )
             })?;
         }
@@ -370,7 +378,9 @@ impl GgufFile {
                 if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
                     return Err(Error::config(
                         hf_name,
-                        format!("cannot undo the q/k permutation of {rows} rows with {n_head} heads"),
+                        format!(
+                            "cannot undo the q/k permutation of {rows} rows with {n_head} heads"
+                        ),
                     ));
                 }
                 // Stored rows per head are [pairs.., 2] interleaved; HF wants [2, pairs..].
@@ -603,8 +613,20 @@ fn add_attention(
             Some((nh, nkv)) => (Transform::Unpermute(nh), Transform::Unpermute(nkv)),
             None => (Transform::None, Transform::None),
         };
-        add(names, file, format!("{p}.self_attn.q_proj.{kind}"), format!("{b}.attn_q.{kind}"), tq);
-        add(names, file, format!("{p}.self_attn.k_proj.{kind}"), format!("{b}.attn_k.{kind}"), tk);
+        add(
+            names,
+            file,
+            format!("{p}.self_attn.q_proj.{kind}"),
+            format!("{b}.attn_q.{kind}"),
+            tq,
+        );
+        add(
+            names,
+            file,
+            format!("{p}.self_attn.k_proj.{kind}"),
+            format!("{b}.attn_k.{kind}"),
+            tk,
+        );
         add(
             names,
             file,
@@ -645,7 +667,9 @@ fn map_llama(file: &GgufFile, arch: &str, model_type: &str) -> Result<(serde_jso
     c.insert("rms_norm_eps".into(), json!(rms_eps(file)?));
     c.insert(
         "rope_theta".into(),
-        json!(file.opt_f64(&file.key("rope.freq_base"))?.unwrap_or(10000.0)),
+        json!(file
+            .opt_f64(&file.key("rope.freq_base"))?
+            .unwrap_or(10000.0)),
     );
     c.insert("hidden_act".into(), json!("silu"));
     if file.tensors().contains_key("rope_freqs.weight") {
@@ -660,7 +684,10 @@ fn map_llama(file: &GgufFile, arch: &str, model_type: &str) -> Result<(serde_jso
             let f = file
                 .opt_f64(&file.key("rope.scaling.factor"))?
                 .unwrap_or(1.0);
-            c.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": f}));
+            c.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "linear", "factor": f}),
+            );
         }
         Some(other) => {
             return Err(Error::config(
@@ -681,15 +708,43 @@ fn map_llama(file: &GgufFile, arch: &str, model_type: &str) -> Result<(serde_jso
         granite_multipliers(file, &mut c, head_dim)?;
     }
     let mut names = Names::new();
-    add_top_level(&mut names, file, "model.embed_tokens.weight", "model.norm.weight", Transform::None);
+    add_top_level(
+        &mut names,
+        file,
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        Transform::None,
+    );
     for i in 0..n_layers {
         let (p, b) = (format!("model.layers.{i}"), format!("blk.{i}"));
-        add(&mut names, file, format!("{p}.input_layernorm.weight"), format!("{b}.attn_norm.weight"), Transform::None);
-        add(&mut names, file, format!("{p}.post_attention_layernorm.weight"), format!("{b}.ffn_norm.weight"), Transform::None);
+        add(
+            &mut names,
+            file,
+            format!("{p}.input_layernorm.weight"),
+            format!("{b}.attn_norm.weight"),
+            Transform::None,
+        );
+        add(
+            &mut names,
+            file,
+            format!("{p}.post_attention_layernorm.weight"),
+            format!("{b}.ffn_norm.weight"),
+            Transform::None,
+        );
         add_attention(&mut names, file, i, &p, Some((n_head, n_kv)));
-        for (hf, g) in [("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")] {
+        for (hf, g) in [
+            ("gate_proj", "ffn_gate"),
+            ("up_proj", "ffn_up"),
+            ("down_proj", "ffn_down"),
+        ] {
             for kind in ["weight", "bias"] {
-                add(&mut names, file, format!("{p}.mlp.{hf}.{kind}"), format!("{b}.{g}.{kind}"), Transform::None);
+                add(
+                    &mut names,
+                    file,
+                    format!("{p}.mlp.{hf}.{kind}"),
+                    format!("{b}.{g}.{kind}"),
+                    Transform::None,
+                );
             }
         }
     }
@@ -735,16 +790,17 @@ fn ssm_geometry(file: &GgufFile) -> Result<SsmGeometry> {
     let g = SsmGeometry {
         n_heads: file.usize(&file.key("ssm.time_step_rank"))?,
         d_inner: file.usize(&file.key("ssm.inner_size"))?,
-        n_groups: file
-            .opt_usize(&file.key("ssm.group_count"))?
-            .unwrap_or(1),
+        n_groups: file.opt_usize(&file.key("ssm.group_count"))?.unwrap_or(1),
         d_state: file.usize(&file.key("ssm.state_size"))?,
         d_conv: file.usize(&file.key("ssm.conv_kernel"))?,
     };
     if g.n_heads == 0 || !g.d_inner.is_multiple_of(g.n_heads) {
         return Err(Error::config(
             file.key("ssm.time_step_rank"),
-            format!("{} heads do not divide ssm.inner_size {}", g.n_heads, g.d_inner),
+            format!(
+                "{} heads do not divide ssm.inner_size {}",
+                g.n_heads, g.d_inner
+            ),
         ));
     }
     Ok(g)
@@ -754,16 +810,76 @@ fn ssm_geometry(file: &GgufFile) -> Result<SsmGeometry> {
 fn add_mamba_mixer(names: &mut Names, file: &GgufFile, i: usize, p: &str) {
     let b = format!("blk.{i}");
     let t = Transform::None;
-    add(names, file, format!("{p}.in_proj.weight"), format!("{b}.ssm_in.weight"), t.clone());
-    add(names, file, format!("{p}.in_proj.bias"), format!("{b}.ssm_in.bias"), t.clone());
-    add(names, file, format!("{p}.conv1d.weight"), format!("{b}.ssm_conv1d.weight"), t.clone());
-    add(names, file, format!("{p}.conv1d.bias"), format!("{b}.ssm_conv1d.bias"), t.clone());
-    add(names, file, format!("{p}.dt_bias"), format!("{b}.ssm_dt.bias"), t.clone());
-    add(names, file, format!("{p}.A_log"), format!("{b}.ssm_a"), Transform::ALogFromA);
-    add(names, file, format!("{p}.D"), format!("{b}.ssm_d"), t.clone());
-    add(names, file, format!("{p}.norm.weight"), format!("{b}.ssm_norm.weight"), t.clone());
-    add(names, file, format!("{p}.out_proj.weight"), format!("{b}.ssm_out.weight"), t.clone());
-    add(names, file, format!("{p}.out_proj.bias"), format!("{b}.ssm_out.bias"), t);
+    add(
+        names,
+        file,
+        format!("{p}.in_proj.weight"),
+        format!("{b}.ssm_in.weight"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.in_proj.bias"),
+        format!("{b}.ssm_in.bias"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.conv1d.weight"),
+        format!("{b}.ssm_conv1d.weight"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.conv1d.bias"),
+        format!("{b}.ssm_conv1d.bias"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.dt_bias"),
+        format!("{b}.ssm_dt.bias"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.A_log"),
+        format!("{b}.ssm_a"),
+        Transform::ALogFromA,
+    );
+    add(
+        names,
+        file,
+        format!("{p}.D"),
+        format!("{b}.ssm_d"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.norm.weight"),
+        format!("{b}.ssm_norm.weight"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.out_proj.weight"),
+        format!("{b}.ssm_out.weight"),
+        t.clone(),
+    );
+    add(
+        names,
+        file,
+        format!("{p}.out_proj.bias"),
+        format!("{b}.ssm_out.bias"),
+        t,
+    );
 }
 
 /// `granitehybrid`: Mamba2 layers where `head_count_kv` is 0, attention elsewhere; dense or
@@ -800,7 +916,9 @@ fn map_granite_hybrid(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
     );
     c.insert(
         "rope_theta".into(),
-        json!(file.opt_f64(&file.key("rope.freq_base"))?.unwrap_or(10000.0)),
+        json!(file
+            .opt_f64(&file.key("rope.freq_base"))?
+            .unwrap_or(10000.0)),
     );
     c.insert(
         "attention_bias".into(),
@@ -814,7 +932,10 @@ fn map_granite_hybrid(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
         if !g.d_inner.is_multiple_of(hidden.max(1)) {
             return Err(Error::config(
                 file.key("ssm.inner_size"),
-                format!("{} is not a multiple of embedding_length {hidden}", g.d_inner),
+                format!(
+                    "{} is not a multiple of embedding_length {hidden}",
+                    g.d_inner
+                ),
             ));
         }
         c.insert("mamba_n_heads".into(), json!(g.n_heads));
@@ -844,7 +965,8 @@ fn map_granite_hybrid(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
         );
         c.insert(
             "intermediate_size".into(),
-            json!(file.usize(&file.key("expert_feed_forward_length"))
+            json!(file
+                .usize(&file.key("expert_feed_forward_length"))
                 .or_else(|_| file.usize(&file.key("feed_forward_length")))?),
         );
         let shared = file
@@ -868,11 +990,29 @@ fn map_granite_hybrid(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
     }
 
     let mut names = Names::new();
-    add_top_level(&mut names, file, "model.embed_tokens.weight", "model.norm.weight", Transform::None);
+    add_top_level(
+        &mut names,
+        file,
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        Transform::None,
+    );
     for (i, &kvh) in kv.iter().enumerate() {
         let (p, b) = (format!("model.layers.{i}"), format!("blk.{i}"));
-        add(&mut names, file, format!("{p}.input_layernorm.weight"), format!("{b}.attn_norm.weight"), Transform::None);
-        add(&mut names, file, format!("{p}.post_attention_layernorm.weight"), format!("{b}.ffn_norm.weight"), Transform::None);
+        add(
+            &mut names,
+            file,
+            format!("{p}.input_layernorm.weight"),
+            format!("{b}.attn_norm.weight"),
+            Transform::None,
+        );
+        add(
+            &mut names,
+            file,
+            format!("{p}.post_attention_layernorm.weight"),
+            format!("{b}.ffn_norm.weight"),
+            Transform::None,
+        );
         if kvh == 0 {
             add_mamba_mixer(&mut names, file, i, &format!("{p}.mamba"));
         } else {
@@ -881,22 +1021,79 @@ fn map_granite_hybrid(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
         }
         let sm = format!("{p}.shared_mlp");
         if n_experts > 0 {
-            add_cat(&mut names, file, format!("{sm}.input_linear.weight"), &[format!("{b}.ffn_gate_shexp.weight"), format!("{b}.ffn_up_shexp.weight")]);
+            add_cat(
+                &mut names,
+                file,
+                format!("{sm}.input_linear.weight"),
+                &[
+                    format!("{b}.ffn_gate_shexp.weight"),
+                    format!("{b}.ffn_up_shexp.weight"),
+                ],
+            );
             if !names.contains_key(&format!("{sm}.input_linear.weight")) {
                 // Newer converters keep the shared gate/up fused in ffn_up_shexp.
-                add(&mut names, file, format!("{sm}.input_linear.weight"), format!("{b}.ffn_up_shexp.weight"), Transform::None);
+                add(
+                    &mut names,
+                    file,
+                    format!("{sm}.input_linear.weight"),
+                    format!("{b}.ffn_up_shexp.weight"),
+                    Transform::None,
+                );
             }
-            add(&mut names, file, format!("{sm}.output_linear.weight"), format!("{b}.ffn_down_shexp.weight"), Transform::None);
+            add(
+                &mut names,
+                file,
+                format!("{sm}.output_linear.weight"),
+                format!("{b}.ffn_down_shexp.weight"),
+                Transform::None,
+            );
             let moe = format!("{p}.block_sparse_moe");
-            add(&mut names, file, format!("{moe}.router.layer.weight"), format!("{b}.ffn_gate_inp.weight"), Transform::None);
-            add_cat(&mut names, file, format!("{moe}.input_linear.weight"), &[format!("{b}.ffn_gate_exps.weight"), format!("{b}.ffn_up_exps.weight")]);
+            add(
+                &mut names,
+                file,
+                format!("{moe}.router.layer.weight"),
+                format!("{b}.ffn_gate_inp.weight"),
+                Transform::None,
+            );
+            add_cat(
+                &mut names,
+                file,
+                format!("{moe}.input_linear.weight"),
+                &[
+                    format!("{b}.ffn_gate_exps.weight"),
+                    format!("{b}.ffn_up_exps.weight"),
+                ],
+            );
             if !names.contains_key(&format!("{moe}.input_linear.weight")) {
-                add(&mut names, file, format!("{moe}.input_linear.weight"), format!("{b}.ffn_gate_up_exps.weight"), Transform::None);
+                add(
+                    &mut names,
+                    file,
+                    format!("{moe}.input_linear.weight"),
+                    format!("{b}.ffn_gate_up_exps.weight"),
+                    Transform::None,
+                );
             }
-            add(&mut names, file, format!("{moe}.output_linear.weight"), format!("{b}.ffn_down_exps.weight"), Transform::None);
+            add(
+                &mut names,
+                file,
+                format!("{moe}.output_linear.weight"),
+                format!("{b}.ffn_down_exps.weight"),
+                Transform::None,
+            );
         } else {
-            add_cat(&mut names, file, format!("{sm}.input_linear.weight"), &[format!("{b}.ffn_gate.weight"), format!("{b}.ffn_up.weight")]);
-            add(&mut names, file, format!("{sm}.output_linear.weight"), format!("{b}.ffn_down.weight"), Transform::None);
+            add_cat(
+                &mut names,
+                file,
+                format!("{sm}.input_linear.weight"),
+                &[format!("{b}.ffn_gate.weight"), format!("{b}.ffn_up.weight")],
+            );
+            add(
+                &mut names,
+                file,
+                format!("{sm}.output_linear.weight"),
+                format!("{b}.ffn_down.weight"),
+                Transform::None,
+            );
         }
     }
     Ok((serde_json::Value::Object(c), names))
@@ -932,7 +1129,9 @@ fn map_gemma3(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
     c.insert("query_pre_attn_scalar".into(), json!(scalar));
     c.insert(
         "rope_theta".into(),
-        json!(file.opt_f64(&file.key("rope.freq_base"))?.unwrap_or(1_000_000.0)),
+        json!(file
+            .opt_f64(&file.key("rope.freq_base"))?
+            .unwrap_or(1_000_000.0)),
     );
     c.insert(
         "rope_local_base_freq".into(),
@@ -959,11 +1158,20 @@ fn map_gemma3(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
                 }
             };
             if is_swa.len() != n_layers {
-                return Err(Error::config(key, format!("has {} entries for {n_layers} layers", is_swa.len())));
+                return Err(Error::config(
+                    key,
+                    format!("has {} entries for {n_layers} layers", is_swa.len()),
+                ));
             }
             is_swa
                 .iter()
-                .map(|&s| if s { "sliding_attention" } else { "full_attention" })
+                .map(|&s| {
+                    if s {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                })
                 .collect()
         }
         _ => vec!["full_attention"; n_layers],
@@ -971,7 +1179,13 @@ fn map_gemma3(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
     c.insert("layer_types".into(), json!(layer_types));
     let mut names = Names::new();
     let norm = Transform::Add(-1.0);
-    add_top_level(&mut names, file, "model.embed_tokens.weight", "model.norm.weight", norm.clone());
+    add_top_level(
+        &mut names,
+        file,
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        norm.clone(),
+    );
     for i in 0..n_layers {
         let (p, b) = (format!("model.layers.{i}"), format!("blk.{i}"));
         for (hf, g) in [
@@ -982,11 +1196,27 @@ fn map_gemma3(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
             ("self_attn.q_norm", "attn_q_norm"),
             ("self_attn.k_norm", "attn_k_norm"),
         ] {
-            add(&mut names, file, format!("{p}.{hf}.weight"), format!("{b}.{g}.weight"), norm.clone());
+            add(
+                &mut names,
+                file,
+                format!("{p}.{hf}.weight"),
+                format!("{b}.{g}.weight"),
+                norm.clone(),
+            );
         }
         add_attention(&mut names, file, i, &p, None);
-        for (hf, g) in [("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")] {
-            add(&mut names, file, format!("{p}.mlp.{hf}.weight"), format!("{b}.{g}.weight"), Transform::None);
+        for (hf, g) in [
+            ("gate_proj", "ffn_gate"),
+            ("up_proj", "ffn_up"),
+            ("down_proj", "ffn_down"),
+        ] {
+            add(
+                &mut names,
+                file,
+                format!("{p}.mlp.{hf}.weight"),
+                format!("{b}.{g}.weight"),
+                Transform::None,
+            );
         }
     }
     Ok((serde_json::Value::Object(c), names))
@@ -1013,15 +1243,30 @@ fn map_mamba2(file: &GgufFile) -> Result<(serde_json::Value, Names)> {
         "use_conv_bias".into(),
         json!(t.contains_key("blk.0.ssm_conv1d.bias")),
     );
-    c.insert("use_bias".into(), json!(t.contains_key("blk.0.ssm_in.bias")));
+    c.insert(
+        "use_bias".into(),
+        json!(t.contains_key("blk.0.ssm_in.bias")),
+    );
     c.insert("hidden_act".into(), json!("silu"));
     // llama.cpp applies no dt clamp.
     c.insert("time_step_limit".into(), json!([0.0, "Infinity"]));
     let mut names = Names::new();
-    add_top_level(&mut names, file, "backbone.embeddings.weight", "backbone.norm_f.weight", Transform::None);
+    add_top_level(
+        &mut names,
+        file,
+        "backbone.embeddings.weight",
+        "backbone.norm_f.weight",
+        Transform::None,
+    );
     for i in 0..n_layers {
         let p = format!("backbone.layers.{i}");
-        add(&mut names, file, format!("{p}.norm.weight"), format!("blk.{i}.attn_norm.weight"), Transform::None);
+        add(
+            &mut names,
+            file,
+            format!("{p}.norm.weight"),
+            format!("blk.{i}.attn_norm.weight"),
+            Transform::None,
+        );
         add_mamba_mixer(&mut names, file, i, &format!("{p}.mixer"));
     }
     Ok((serde_json::Value::Object(c), names))
@@ -1051,7 +1296,11 @@ mod tests {
         let rows: Vec<u8> = (0..24).collect();
         for n_head in [1, 2, 3, 6] {
             let p = permute(&rows, n_head);
-            assert_eq!(unpermute_rows(&p, 1, n_head).unwrap(), rows, "{n_head} heads");
+            assert_eq!(
+                unpermute_rows(&p, 1, n_head).unwrap(),
+                rows,
+                "{n_head} heads"
+            );
         }
         assert!(unpermute_rows(&rows, 1, 5).is_none());
     }

@@ -208,7 +208,10 @@ impl Matrix {
                 weight: Tensor::cat(&[x, y], 0)?,
                 round_input: *rx,
             }),
-            _ => Ok(Matrix::dense(Tensor::cat(&[a.to_dense()?, b.to_dense()?], 0)?)),
+            _ => Ok(Matrix::dense(Tensor::cat(
+                &[a.to_dense()?, b.to_dense()?],
+                0,
+            )?)),
         }
     }
 
@@ -375,7 +378,9 @@ impl WeightStore {
             Backend::Gguf(g) => {
                 let src = g.names.get(name).ok_or_else(|| self.missing(name))?;
                 match g.file.quantized_type(src, &shape) {
-                    Some(GgmlDType::F32) | None => Matrix::dense(g.file.dequantize(name, src, &shape)?),
+                    Some(GgmlDType::F32) | None => {
+                        Matrix::dense(g.file.dequantize(name, src, &shape)?)
+                    }
                     Some(dt @ (GgmlDType::F16 | GgmlDType::BF16)) => Matrix::Dense {
                         weight: g.file.dequantize(name, src, &shape)?,
                         round_input: Some(if dt == GgmlDType::F16 {
@@ -393,7 +398,9 @@ impl WeightStore {
             }
         };
         match (to, &dense) {
-            (Some(dt), Matrix::Dense { weight, .. }) if shape[1].is_multiple_of(dt.block_size()) => {
+            (Some(dt), Matrix::Dense { weight, .. })
+                if shape[1].is_multiple_of(dt.block_size()) =>
+            {
                 Ok(Matrix::Quantized(Arc::new(QTensor::quantize(weight, dt)?)))
             }
             _ => Ok(dense),

@@ -104,7 +104,10 @@ pub fn is_gguf(path: &Path) -> bool {
     if path.is_dir() {
         return false;
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         return true;
     }
     let mut magic = [0u8; 4];
@@ -128,7 +131,10 @@ pub fn open(path: &Path) -> Result<(serde_json::Value, WeightStore)> {
     if !config_path.is_file() {
         return Err(Error::config(
             "config.json",
-            format!("no config.json in {} (and not a .gguf file)", path.display()),
+            format!(
+                "no config.json in {} (and not a .gguf file)",
+                path.display()
+            ),
         ));
     }
     let config = config_json::read(&config_path)?;

@@ -128,7 +128,10 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     let bos = id_of("tokenizer.ggml.bos_token_id")?;
     let eos = id_of("tokenizer.ggml.eos_token_id")?;
     let unk = id_of("tokenizer.ggml.unknown_token_id")?;
-    let pre = file.opt_str("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
+    let pre = file
+        .opt_str("tokenizer.ggml.pre")?
+        .unwrap_or("default")
+        .to_string();
 
     let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
@@ -157,7 +160,13 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
                 )
             })?;
             let bpe = BPE::builder()
-                .vocab_and_merges(vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vocab>(), merges)
+                .vocab_and_merges(
+                    vocab
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect::<Vocab>(),
+                    merges,
+                )
                 .ignore_merges(ignore_merges)
                 .build()
                 .map_err(|e| tok_err("tokenizer.ggml.merges", e))?;
@@ -180,7 +189,12 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
         "llama" => {
             let scores = file
                 .opt_f64_array("tokenizer.ggml.scores")?
-                .ok_or_else(|| tok_err("tokenizer.ggml.scores", "missing for a SentencePiece vocabulary"))?;
+                .ok_or_else(|| {
+                    tok_err(
+                        "tokenizer.ggml.scores",
+                        "missing for a SentencePiece vocabulary",
+                    )
+                })?;
             if scores.len() != tokens.len() {
                 return Err(tok_err(
                     "tokenizer.ggml.scores",
@@ -189,7 +203,13 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
             }
             let merges = spm_merges(&tokens, &scores, &types, &vocab);
             let mut builder = BPE::builder()
-                .vocab_and_merges(vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vocab>(), merges)
+                .vocab_and_merges(
+                    vocab
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect::<Vocab>(),
+                    merges,
+                )
                 .byte_fallback(true)
                 .fuse_unk(true);
             if let Some(u) = unk {
@@ -240,7 +260,9 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     for (i, t) in tokens.iter().enumerate() {
         match types.get(i).copied() {
             Some(TYPE_CONTROL) => special.push(AddedToken::from(t.clone(), true).normalized(false)),
-            Some(TYPE_USER_DEFINED) => user.push(AddedToken::from(t.clone(), false).normalized(false)),
+            Some(TYPE_USER_DEFINED) => {
+                user.push(AddedToken::from(t.clone(), false).normalized(false))
+            }
             _ => {}
         }
     }
@@ -272,7 +294,11 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
         let pair: Vec<String> = single
             .iter()
             .cloned()
-            .chain(single.iter().map(|s| if s == "$A" { "$B".into() } else { s.clone() }))
+            .chain(
+                single
+                    .iter()
+                    .map(|s| if s == "$A" { "$B".into() } else { s.clone() }),
+            )
             .collect();
         let post = TemplateProcessing::builder()
             .try_single(single.join(" "))

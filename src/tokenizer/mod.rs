@@ -46,7 +46,10 @@ impl Tokenizer {
             .unwrap_or_default();
         let token_text = |key: &str| match config.get(key) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
             None => None,
         };
         let chat_template = std::fs::read_to_string(dir.join("chat_template.jinja"))
@@ -106,6 +109,39 @@ impl Tokenizer {
     /// The model's chat template (Jinja), if it ships one.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+
+    /// Renders `messages` with the model's chat template (`add_generation_prompt` opens the
+    /// assistant's turn).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[chat_template::Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            Error::Tokenizer("this model ships no chat template (tokenizer.chat_template)".into())
+        })?;
+        chat_template::ChatTemplate::new(
+            template,
+            self.bos_token.as_deref(),
+            self.eos_token.as_deref(),
+        )?
+        .render(messages, add_generation_prompt)
+    }
+
+    /// Token ids of a chat: the rendered template, with the tokenizer's own BOS added unless
+    /// the template already wrote it (as llama.cpp avoids a double BOS).
+    pub fn encode_chat(
+        &self,
+        messages: &[chat_template::Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        let starts_with_bos = self
+            .bos_token
+            .as_deref()
+            .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        self.encode(&text, !starts_with_bos)
     }
 
     /// Beginning-of-sequence token text.

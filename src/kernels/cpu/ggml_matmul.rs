@@ -135,30 +135,59 @@ fn hsum8(a: &[f32; 8]) -> f32 {
     (r[0] + r[2]) + (r[1] + r[3])
 }
 
-#[inline]
+/// f16 → f32 for every bit pattern (a table, as ggml keeps one, so the hot loop does no
+/// feature detection or branching).
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect())
+}
+
+#[inline(always)]
 fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    // SAFETY-free: the table covers every u16.
+    f16_table()[bits]
 }
 
-/// A 32-value legacy-quant weight block decoded to integers: (scale, min, values).
-type Decode = fn(&[u8], &mut [i32; 32]) -> (f32, Option<f32>);
+/// A 32-value legacy-quant weight block type: its size and its decoding to integers.
+trait Legacy: Sync {
+    /// Bytes per block.
+    const SIZE: usize;
+    /// Values as integers, and (scale, min for the `_1` types).
+    fn decode(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>);
+}
 
-fn decode_q4_0(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
-    for j in 0..16 {
-        e[j] = (b[2 + j] & 0x0F) as i32 - 8;
-        e[j + 16] = (b[2 + j] >> 4) as i32 - 8;
+struct Q4_0;
+struct Q4_1;
+struct Q5_0;
+struct Q5_1;
+struct Q8_0;
+
+impl Legacy for Q4_0 {
+    const SIZE: usize = 18;
+    #[inline(always)]
+    fn decode(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
+        for j in 0..16 {
+            e[j] = (b[2 + j] & 0x0F) as i32 - 8;
+            e[j + 16] = (b[2 + j] >> 4) as i32 - 8;
+        }
+        (f16_at(b, 0), None)
     }
-    (f16_at(b, 0), None)
 }
 
-fn decode_q4_1(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
-    for j in 0..16 {
-        e[j] = (b[4 + j] & 0x0F) as i32;
-        e[j + 16] = (b[4 + j] >> 4) as i32;
+impl Legacy for Q4_1 {
+    const SIZE: usize = 20;
+    #[inline(always)]
+    fn decode(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
+        for j in 0..16 {
+            e[j] = (b[4 + j] & 0x0F) as i32;
+            e[j + 16] = (b[4 + j] >> 4) as i32;
+        }
+        (f16_at(b, 0), Some(f16_at(b, 2)))
     }
-    (f16_at(b, 0), Some(f16_at(b, 2)))
 }
 
+#[inline(always)]
 fn decode_q5(b: &[u8], e: &mut [i32; 32], qh_at: usize, offset: i32) {
     let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
     let qs = &b[qh_at + 4..qh_at + 20];
@@ -170,81 +199,135 @@ fn decode_q5(b: &[u8], e: &mut [i32; 32], qh_at: usize, offset: i32) {
     }
 }
 
-fn decode_q5_0(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
-    decode_q5(b, e, 2, 16);
-    (f16_at(b, 0), None)
-}
-
-fn decode_q5_1(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
-    decode_q5(b, e, 4, 0);
-    (f16_at(b, 0), Some(f16_at(b, 2)))
-}
-
-fn decode_q8_0(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
-    for (j, v) in e.iter_mut().enumerate() {
-        *v = b[2 + j] as i8 as i32;
+impl Legacy for Q5_0 {
+    const SIZE: usize = 22;
+    #[inline(always)]
+    fn decode(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
+        decode_q5(b, e, 2, 16);
+        (f16_at(b, 0), None)
     }
-    (f16_at(b, 0), None)
 }
 
-/// ggml's AVX2 `vec_dot_{q4_0,q4_1,q5_0,q5_1,q8_0}_q8_{0,1}`, operation for operation: per
-/// block, 8 lanes each sum 4 consecutive integer products, `acc = fma(dw·dx, lane, acc)`; the
-/// `min · s` terms of the `_1` types add up separately; `hsum_float_8(acc) + summs`.
-fn dot_legacy(w: &[u8], wsize: usize, x: &[u8], xsize: usize, decode: Decode) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut summs = 0f32;
-    let mut e = [0i32; 32];
+impl Legacy for Q5_1 {
+    const SIZE: usize = 24;
+    #[inline(always)]
+    fn decode(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
+        decode_q5(b, e, 4, 0);
+        (f16_at(b, 0), Some(f16_at(b, 2)))
+    }
+}
+
+impl Legacy for Q8_0 {
+    const SIZE: usize = 34;
+    #[inline(always)]
+    fn decode(b: &[u8], e: &mut [i32; 32]) -> (f32, Option<f32>) {
+        for (j, v) in e.iter_mut().enumerate() {
+            *v = b[2 + j] as i8 as i32;
+        }
+        (f16_at(b, 0), None)
+    }
+}
+
+/// ggml's AVX2 `vec_dot_{q4_0,q4_1,q5_0,q5_1,q8_0}_q8_{0,1}`, operation for operation, for
+/// output columns `first..` (weights `w`) against all `m` activation rows, into `out`
+/// (column-major): per block, 8 lanes each sum 4 consecutive integer products,
+/// `acc = fma(dw·dx, lane, acc)`; the `min · s` terms of the `_1` types add up separately;
+/// the result is `hsum_float_8(acc) + summs`. A weight block is decoded once for all rows.
+#[inline(always)]
+fn dot_rows<W: Legacy>(
+    w: &[u8],
+    kb: usize,
+    xb: &[u8],
+    xsize: usize,
+    first: usize,
+    out: &mut [f32],
+    m: usize,
+) {
     let qs_at = if xsize == 36 { 4 } else { 2 };
-    for (wb, xb) in w.chunks_exact(wsize).zip(x.chunks_exact(xsize)) {
-        let (dw, min) = decode(wb, &mut e);
-        let dx = f16_at(xb, 0);
-        if let Some(m) = min {
-            summs += m * f16_at(xb, 2);
+    let mut accs = vec![[0f32; 8]; m];
+    let mut summs = vec![0f32; m];
+    let mut e = [0i32; 32];
+    for (j, col) in out.chunks_mut(m).enumerate() {
+        let r = first + j;
+        let wr = &w[r * kb * W::SIZE..(r + 1) * kb * W::SIZE];
+        accs.iter_mut().for_each(|a| *a = [0f32; 8]);
+        summs.iter_mut().for_each(|s| *s = 0.0);
+        for (bi, wb) in wr.chunks_exact(W::SIZE).enumerate() {
+            let (dw, min) = W::decode(wb, &mut e);
+            for i in 0..m {
+                let at = (i * kb + bi) * xsize;
+                let blk = &xb[at..at + xsize];
+                let dx = f16_at(blk, 0);
+                if let Some(mn) = min {
+                    summs[i] += mn * f16_at(blk, 2);
+                }
+                let d = dw * dx;
+                let xq = &blk[qs_at..qs_at + 32];
+                let mut lanes = [0i32; 8];
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    for t in 0..4 {
+                        *lane += e[4 * l + t] * xq[4 * l + t] as i8 as i32;
+                    }
+                }
+                for (a, lane) in accs[i].iter_mut().zip(lanes) {
+                    *a = d.mul_add(lane as f32, *a);
+                }
+            }
         }
-        let d = dw * dx;
-        for (l, a) in acc.iter_mut().enumerate() {
-            let lane: i32 = (0..4)
-                .map(|t| e[4 * l + t] * xb[qs_at + 4 * l + t] as i8 as i32)
-                .sum();
-            *a = d.mul_add(lane as f32, *a);
+        for (i, o) in col.iter_mut().enumerate() {
+            *o = hsum8(&accs[i]) + summs[i];
         }
     }
-    hsum8(&acc) + summs
+}
+
+/// [`dot_rows`] compiled for AVX2 + FMA (same operations, vector instructions).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2<W: Legacy>(
+    w: &[u8],
+    kb: usize,
+    xb: &[u8],
+    xsize: usize,
+    first: usize,
+    out: &mut [f32],
+    m: usize,
+) {
+    dot_rows::<W>(w, kb, xb, xsize, first, out, m)
 }
 
 /// Legacy-quant matmul with [`dot_legacy`]; `D` is the activation block type.
-fn run_legacy<D: GgmlType>(
+fn run_legacy<W: Legacy, D: GgmlType>(
     w: &[u8],
-    wsize: usize,
-    decode: Decode,
     x: &[f32],
     m: usize,
     k: usize,
     n: usize,
 ) -> Result<Vec<f32>> {
     let kb = k / 32;
-    if w.len() != n * kb * wsize {
+    if w.len() != n * kb * W::SIZE {
         return Err(Error::ShapeMismatch {
             name: "quantized matrix".into(),
             expected: vec![n, k],
-            got: vec![w.len() / (kb * wsize).max(1), k],
+            got: vec![w.len() / (kb * W::SIZE).max(1), k],
         });
     }
     let mut xq: Vec<D> = quantize_rows::<D>(x, k);
     let xsize = std::mem::size_of::<D>();
     let xb: &[u8] = bytes_mut(&mut xq);
+    #[cfg(target_arch = "x86_64")]
+    let fast = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     let mut out_t = vec![0f32; n * m];
     out_t
         .par_chunks_mut(m.max(1) * 16)
         .enumerate()
         .for_each(|(c, chunk)| {
-            for (j, col) in chunk.chunks_mut(m.max(1)).enumerate() {
-                let r = c * 16 + j;
-                let wr = &w[r * kb * wsize..(r + 1) * kb * wsize];
-                for (i, o) in col.iter_mut().enumerate() {
-                    *o = dot_legacy(wr, wsize, &xb[i * kb * xsize..(i + 1) * kb * xsize], xsize, decode);
-                }
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe { dot_rows_avx2::<W>(w, kb, xb, xsize, c * 16, chunk, m.max(1)) };
+                return;
             }
+            dot_rows::<W>(w, kb, xb, xsize, c * 16, chunk, m.max(1));
         });
     Ok(transpose(out_t, m, n))
 }
@@ -311,11 +394,11 @@ pub fn matmul_t(w: &QTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
     }
     let _ = QK8_0;
     match w.dtype() {
-        GgmlDType::Q4_0 => run_legacy::<BlockQ8_0>(&data, 18, decode_q4_0, x, m, k, n),
-        GgmlDType::Q4_1 => run_legacy::<BlockQ8_1>(&data, 20, decode_q4_1, x, m, k, n),
-        GgmlDType::Q5_0 => run_legacy::<BlockQ8_0>(&data, 22, decode_q5_0, x, m, k, n),
-        GgmlDType::Q5_1 => run_legacy::<BlockQ8_1>(&data, 24, decode_q5_1, x, m, k, n),
-        GgmlDType::Q8_0 => run_legacy::<BlockQ8_0>(&data, 34, decode_q8_0, x, m, k, n),
+        GgmlDType::Q4_0 => run_legacy::<Q4_0, BlockQ8_0>(&data, x, m, k, n),
+        GgmlDType::Q4_1 => run_legacy::<Q4_1, BlockQ8_1>(&data, x, m, k, n),
+        GgmlDType::Q5_0 => run_legacy::<Q5_0, BlockQ8_0>(&data, x, m, k, n),
+        GgmlDType::Q5_1 => run_legacy::<Q5_1, BlockQ8_1>(&data, x, m, k, n),
+        GgmlDType::Q8_0 => run_legacy::<Q8_0, BlockQ8_0>(&data, x, m, k, n),
         GgmlDType::Q4K => run::<BlockQ4K>(&data, x, m, k, n),
         GgmlDType::Q5K => run::<BlockQ5K>(&data, x, m, k, n),
         GgmlDType::Q6K => run::<BlockQ6K>(&data, x, m, k, n),
@@ -412,6 +495,56 @@ mod tests {
             };
             for ((g, r), s) in got.iter().zip(&want).zip(&scale) {
                 assert!((g - r).abs() <= rel * s, "{dt:?}: {g} vs {r} (scale {s})");
+            }
+        }
+    }
+
+    /// The plain per-output form of ggml's legacy dot (one block after another).
+    fn dot_plain<W: Legacy>(w: &[u8], x: &[u8], xsize: usize) -> f32 {
+        let mut acc = [0f32; 8];
+        let mut summs = 0f32;
+        let mut e = [0i32; 32];
+        let qs_at = if xsize == 36 { 4 } else { 2 };
+        for (wb, xb) in w.chunks_exact(W::SIZE).zip(x.chunks_exact(xsize)) {
+            let (dw, min) = W::decode(wb, &mut e);
+            if let Some(m) = min {
+                summs += m * f16_at(xb, 2);
+            }
+            let d = dw * f16_at(xb, 0);
+            for (l, a) in acc.iter_mut().enumerate() {
+                let lane: i32 = (0..4)
+                    .map(|t| e[4 * l + t] * xb[qs_at + 4 * l + t] as i8 as i32)
+                    .sum();
+                *a = d.mul_add(lane as f32, *a);
+            }
+        }
+        hsum8(&acc) + summs
+    }
+
+    #[test]
+    fn blocked_kernel_is_bitwise_the_plain_dot() {
+        let (n, k, m) = (37, 256, 5);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let got = matmul_t(&q, &x, m).unwrap();
+        let data = q.data().unwrap();
+        let mut xq = quantize_rows::<BlockQ8_1>(&x, k);
+        let xb = bytes_mut(&mut xq).to_vec();
+        let (kb, xs) = (k / 32, 36);
+        for i in 0..m {
+            for r in 0..n {
+                let want = dot_plain::<Q4_1>(
+                    &data[r * kb * 20..(r + 1) * kb * 20],
+                    &xb[i * kb * xs..(i + 1) * kb * xs],
+                    xs,
+                );
+                assert_eq!(got[i * n + r].to_bits(), want.to_bits(), "row {i} col {r}");
             }
         }
     }
