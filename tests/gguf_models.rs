@@ -252,7 +252,7 @@ fn gemma3_q4_k_m_agrees_with_llama_cpp() {
 #[test]
 fn granite_hybrid_bf16_gguf_agrees_with_llama_cpp() {
     let how = "python3 scripts/convert_granite_gguf.py";
-    check_model("granite-4.0-h-350m-bf16.gguf", how, "granite_bf16", 0.97);
+    check_model("granite-4.0-h-350m-bf16.gguf", how, "granite_bf16", 0.95);
     // Item 5: >= 32 greedy tokens equal, on every prompt whose llama.cpp top-2 gaps over those
     // tokens are not near-ties (random weights make some steps coin flips).
     let Some(p) = model("granite-4.0-h-350m-bf16.gguf", how) else {

@@ -1305,6 +1305,60 @@ mod tests {
         assert!(unpermute_rows(&rows, 1, 5).is_none());
     }
 
+    /// Writes a tiny `llama` GGUF with the given metadata and one F32 embedding tensor.
+    fn write_gguf(path: &Path, meta: &[(&str, Value)], with_embd: bool) {
+        let embd = QTensor::quantize(
+            &Tensor::zeros((8, 4), DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
+        let mut f = std::fs::File::create(path).unwrap();
+        let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = if with_embd {
+            vec![("token_embd.weight", &embd)]
+        } else {
+            vec![]
+        };
+        candle_core::quantized::gguf_file::write(&mut f, &meta, &tensors).unwrap();
+    }
+
+    #[test]
+    fn missing_metadata_and_tensors_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        let arch = ("general.architecture", Value::String("llama".into()));
+        write_gguf(&p, &[arch.clone()], true);
+        let e = open(&p).err().unwrap().to_string();
+        assert!(e.contains("llama.embedding_length"), "{e}");
+        write_gguf(
+            &p,
+            &[
+                arch.clone(),
+                ("llama.embedding_length", Value::U32(4)),
+                ("llama.block_count", Value::U32(1)),
+            ],
+            false,
+        );
+        let e = open(&p).err().unwrap().to_string();
+        assert!(e.contains("token_embd.weight"), "{e}");
+        write_gguf(
+            &p,
+            &[("general.architecture", Value::String("bert".into()))],
+            true,
+        );
+        let e = open(&p).err().unwrap().to_string();
+        assert!(e.contains("bert"), "{e}");
+        // Truncating the tensor data is caught at open, naming the tensor.
+        write_gguf(&p, &[arch], true);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 8]).unwrap();
+        let e = GgufFile::open(&p).err().unwrap().to_string();
+        assert!(
+            e.contains("token_embd.weight") && e.contains("truncated"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn truncated_and_garbage_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
