@@ -1327,7 +1327,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.gguf");
         let arch = ("general.architecture", Value::String("llama".into()));
-        write_gguf(&p, &[arch.clone()], true);
+        write_gguf(&p, std::slice::from_ref(&arch), true);
         let e = open(&p).err().unwrap().to_string();
         assert!(e.contains("llama.embedding_length"), "{e}");
         write_gguf(
