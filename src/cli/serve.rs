@@ -48,8 +48,19 @@ pub struct Args {
     engine: EngineArgs,
 }
 
-fn load_template(args: &Args) -> anyhow::Result<Option<ChatTemplate>> {
-    let from_dir = ChatTemplate::from_model_dir(&args.model)?;
+fn load_template(
+    args: &Args,
+    tokenizer: Option<&Tokenizer>,
+) -> anyhow::Result<Option<ChatTemplate>> {
+    let from_dir = if nanovllm::models::is_gguf(&args.model) {
+        // A GGUF file carries its template and special tokens in its metadata.
+        match tokenizer.and_then(|t| t.chat_template().map(|c| (t, c))) {
+            Some((t, c)) => Some(ChatTemplate::new(c, t.bos_token(), t.eos_token())?),
+            None => None,
+        }
+    } else {
+        ChatTemplate::from_model_dir(&args.model)?
+    };
     let Some(path) = &args.chat_template else {
         return Ok(from_dir);
     };
@@ -65,13 +76,14 @@ fn load_template(args: &Args) -> anyhow::Result<Option<ChatTemplate>> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = args.engine.config();
     init_threads(cfg.threads);
-    let tokenizer = if args.model.join("tokenizer.json").is_file() {
-        Some(Arc::new(Tokenizer::from_dir(&args.model)?))
-    } else {
-        None
-    };
-    let template = load_template(&args)?;
-    let model = nanovllm::models::load(&args.model)
+    let tokenizer =
+        if nanovllm::models::is_gguf(&args.model) || args.model.join("tokenizer.json").is_file() {
+            Some(Arc::new(Tokenizer::from_path(&args.model)?))
+        } else {
+            None
+        };
+    let template = load_template(&args, tokenizer.as_deref())?;
+    let model = nanovllm::models::load_with(&args.model, &args.engine.load_options())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let (engine, plan) = build_engine(model, tokenizer, &cfg)?;
     let thread = EngineThread::spawn(engine, args.max_queue.max(1));
