@@ -287,3 +287,28 @@ fn granite_hybrid_q8_0_gguf_agrees_with_llama_cpp() {
         0.90,
     );
 }
+
+#[test]
+fn quantize_at_load_time_stays_close_to_f32() {
+    use nanovllm::loader::{LoadOptions, Quantization};
+    let dir = root().join("tests/fixtures/granite_hybrid/hybrid_dense");
+    let reference =
+        nanovllm::validate::Reference::load(&dir.join("reference.safetensors")).unwrap();
+    let exact = nanovllm::models::load(&dir).unwrap();
+    let q8 = nanovllm::models::load_with(
+        &dir,
+        &LoadOptions {
+            quantize: Some(Quantization::Q8_0),
+        },
+    )
+    .unwrap();
+    let e = nanovllm::validate::validate(exact.as_ref(), &reference).unwrap();
+    let q = nanovllm::validate::validate(q8.as_ref(), &reference).unwrap();
+    eprintln!("f32 cosine {} / Q8_0 cosine {}", e.cosine, q.cosine);
+    // A tiny random model (hidden 32: one Q8 block per row) is the worst case for 8-bit noise.
+    assert!(q.cosine > 0.98, "Q8_0 cosine {}", q.cosine);
+    assert!(
+        q.max_abs_diff > e.max_abs_diff,
+        "quantization should change the logits"
+    );
+}
