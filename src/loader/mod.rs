@@ -3,6 +3,7 @@
 
 pub mod config_json;
 pub mod gguf;
+pub mod gguf_map;
 pub mod safetensors;
 pub mod weights;
 
