@@ -67,13 +67,15 @@ async fn disconnect_mid_stream_aborts_and_frees_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_or_aborts_in_flight_requests_and_exits_zero() {
+    // The long request (4 x 4000 tokens) needs far longer than the 0.3 s grace period even on
+    // a fast idle machine, the short one (20 tokens) far less even on a loaded one.
     let mut s = Server::start(&[
         "--max-model-len",
         "4096",
         "--kv-cache-mib",
         "16",
         "--shutdown-timeout",
-        "1",
+        "0.3",
     ]);
     // One short request (finishes within the grace period), one too long for it.
     let url = s.url("/v1/completions");
@@ -88,11 +90,11 @@ async fn sigterm_finishes_or_aborts_in_flight_requests_and_exits_zero() {
     let long = tokio::spawn(async move {
         sse(
             &url,
-            &json!({"prompt": "b", "max_tokens": 4000, "ignore_eos": true, "stream": true}),
+            &json!({"prompt": "b", "max_tokens": 4000, "n": 4, "ignore_eos": true, "stream": true}),
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let start = Instant::now();
     s.terminate();
     let (chunks, done) = short.await.unwrap();
