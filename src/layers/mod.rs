@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod embedding;
 pub mod linear;
+pub mod lm_head;
 pub mod mamba2_mixer;
 pub mod mlp;
 pub mod moe;

@@ -10,7 +10,7 @@
 //! `FalconAttention._split_heads`); it is split into q/k/v once at load. ALiBi variants are
 //! rejected.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::{eos_ids, LayerKind, Model, ModelInfo};
@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
+use crate::layers::lm_head::{no_logits, project, select_logit_rows};
 use crate::layers::mlp::{Activation, Mlp};
 use crate::layers::norm::LayerNorm;
 use crate::layers::rope::Rope;
@@ -422,21 +423,11 @@ impl Model for Falcon {
                 }
             };
         }
-        let rows = batch.logits_row_indices();
-        let n = rows.len();
-        if n == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.vocab_size),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
+        let Some(x) = select_logit_rows(&x, batch)? else {
+            return no_logits(self.vocab_size);
+        };
         let x = self.ln_f.forward(&x)?;
-        match &self.lm_head {
-            Some(l) => l.forward(&x),
-            None => self.embed.project(&x),
-        }
+        project(self.lm_head.as_ref(), &self.embed, &x)
     }
 
     fn cache_specs(&self) -> &[LayerCacheSpec] {
@@ -457,7 +448,10 @@ mod tests {
     fn split(n_heads: usize, n_kv: usize, hd: usize) -> [Vec<f32>; 3] {
         let rows = (n_heads + 2 * n_kv) * hd;
         let w: Vec<f32> = (0..rows).flat_map(|r| [r as f32; 2]).collect();
-        let fused = Linear::new(Tensor::from_vec(w, (rows, 2), &Device::Cpu).unwrap(), None);
+        let fused = Linear::new(
+            Tensor::from_vec(w, (rows, 2), &candle_core::Device::Cpu).unwrap(),
+            None,
+        );
         split_qkv_rows(n_heads, n_kv, hd).map(|idx| {
             let part = fused.select_outputs(&idx).unwrap();
             to_vec(&part.weight().unwrap().narrow(1, 0, 1).unwrap()).unwrap()

@@ -6,7 +6,7 @@
 //! the final logits. Tied head. `attn_logit_softcapping` is accepted but, as in transformers
 //! 5.23, not applied (see tests/fixtures/gemma3/README.md).
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::llama::positive;
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig, AttentionOptions, QkNorm};
 use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
+use crate::layers::lm_head::{no_logits, project, select_logit_rows};
 use crate::layers::mlp::{Activation, GatedMlp};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::RopeParams;
@@ -405,21 +406,11 @@ impl Model for Gemma3 {
             let f = layer.mlp.forward(&h)?;
             x = (x + layer.post_ffn_norm.forward(&f)?)?;
         }
-        let rows = batch.logits_row_indices();
-        let n = rows.len();
-        if n == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.info.vocab_size),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
-        let x = self.norm.forward(&x)?;
-        let logits = match &self.lm_head {
-            Some(l) => l.forward(&x)?,
-            None => self.embed.project(&x)?,
+        let Some(x) = select_logit_rows(&x, batch)? else {
+            return no_logits(self.info.vocab_size);
         };
+        let x = self.norm.forward(&x)?;
+        let logits = project(self.lm_head.as_ref(), &self.embed, &x)?;
         let Some(cap) = self.final_softcap else {
             return Ok(logits);
         };

@@ -3,7 +3,7 @@
 //! tied to the token embedding. transformers stores the projections as `Conv1D` (`[in, out]`)
 //! with `c_attn` fusing q | k | v; they are transposed and split once at load.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::{eos_ids, LayerKind, Model, ModelInfo};
@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::embedding::{Embedding, PositionEmbedding};
 use crate::layers::linear::Linear;
+use crate::layers::lm_head::{no_logits, project, select_logit_rows};
 use crate::layers::mlp::{Activation, Mlp};
 use crate::layers::norm::LayerNorm;
 use crate::loader::config_json;
@@ -248,21 +249,11 @@ impl Model for Gpt2 {
             let m = block.mlp.forward(&block.ln_2.forward(&x)?)?;
             x = (x + m)?;
         }
-        let rows = batch.logits_row_indices();
-        let n = rows.len();
-        if n == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.vocab_size),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
+        let Some(x) = select_logit_rows(&x, batch)? else {
+            return no_logits(self.vocab_size);
+        };
         let x = self.ln_f.forward(&x)?;
-        match &self.lm_head {
-            Some(l) => l.forward(&x),
-            None => self.wte.project(&x),
-        }
+        project(self.lm_head.as_ref(), &self.wte, &x)
     }
 
     fn cache_specs(&self) -> &[LayerCacheSpec] {

@@ -2,7 +2,7 @@
 //! attention mixers, each followed by a shared SwiGLU MLP plus optional top-k MoE, with
 //! Granite's embedding, residual and logits multipliers. Spec: shared/reference/granite-4.0-h.md.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::{eos_ids, LayerKind, Model, ModelInfo};
@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
+use crate::layers::lm_head::{no_logits, project, select_logit_rows};
 use crate::layers::mamba2_mixer::{time_step_limit, Mamba2Config, Mamba2Mixer};
 use crate::layers::mlp::GatedMlp;
 use crate::layers::moe::{Moe, MoeConfig};
@@ -486,21 +487,11 @@ impl Model for GraniteHybrid {
             }
             x = (x + f.affine(res, 0.0)?)?;
         }
-        let rows = batch.logits_row_indices();
-        let n = rows.len();
-        if n == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.cfg.vocab_size),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
-        let x = self.norm.forward(&x)?;
-        let logits = match &self.lm_head {
-            Some(l) => l.forward(&x)?,
-            None => self.embed.project(&x)?,
+        let Some(x) = select_logit_rows(&x, batch)? else {
+            return no_logits(self.cfg.vocab_size);
         };
+        let x = self.norm.forward(&x)?;
+        let logits = project(self.lm_head.as_ref(), &self.embed, &x)?;
         Ok((logits / self.cfg.logits_scaling)?)
     }
 

@@ -5,7 +5,7 @@
 //! optional MoE in place of the MLP, is [`crate::models::granite`]; both build a
 //! [`LlamaStack`] from a [`StackSpec`].
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::{eos_ids, LayerKind, Model, ModelInfo};
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
+use crate::layers::lm_head::{no_logits, project, select_logit_rows};
 use crate::layers::mlp::{Activation, GatedMlp};
 use crate::layers::moe::{Moe, MoeConfig};
 use crate::layers::norm::RmsNorm;
@@ -376,21 +377,11 @@ impl Model for LlamaStack {
             let f = layer.ffn.forward(&h)?;
             x = (x + scaled(f, res)?)?;
         }
-        let rows = batch.logits_row_indices();
-        let n = rows.len();
-        if n == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.info.vocab_size),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
-        let x = self.norm.forward(&x)?;
-        let logits = match &self.lm_head {
-            Some(l) => l.forward(&x)?,
-            None => self.embed.project(&x)?,
+        let Some(x) = select_logit_rows(&x, batch)? else {
+            return no_logits(self.info.vocab_size);
         };
+        let x = self.norm.forward(&x)?;
+        let logits = project(self.lm_head.as_ref(), &self.embed, &x)?;
         if self.mult.logits_scaling == 1.0 {
             return Ok(logits);
         }

@@ -3,7 +3,7 @@
 //! shared/reference/granite-4.0-h.md §4.3), then a final RMSNorm and the head. Each sequence
 //! keeps its conv and SSM state in a recurrent slot; there is no KV cache.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::{eos_ids, LayerKind, Model, ModelInfo};
@@ -12,6 +12,7 @@ use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
 use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
+use crate::layers::lm_head::{no_logits, project, select_logit_rows};
 use crate::layers::mamba2_mixer::{time_step_limit, Mamba2Config as MixerConfig, Mamba2Mixer};
 use crate::layers::norm::RmsNorm;
 use crate::loader::config_json;
@@ -225,21 +226,11 @@ impl Model for Mamba2 {
                 .forward(&block.norm.forward(&x)?, batch, state)?;
             x = (x + m)?;
         }
-        let rows = batch.logits_row_indices();
-        let n = rows.len();
-        if n == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.vocab_size),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        let x = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
+        let Some(x) = select_logit_rows(&x, batch)? else {
+            return no_logits(self.vocab_size);
+        };
         let x = self.norm_f.forward(&x)?;
-        match &self.lm_head {
-            Some(l) => l.forward(&x),
-            None => self.embed.project(&x),
-        }
+        project(self.lm_head.as_ref(), &self.embed, &x)
     }
 
     fn cache_specs(&self) -> &[LayerCacheSpec] {
