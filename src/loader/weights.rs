@@ -107,6 +107,9 @@ impl Matrix {
                     Some(dt) => x.to_dtype(*dt)?.to_dtype(DType::F32)?,
                     None => x.clone(),
                 };
+                if let Some(y) = crate::kernels::cpu::matmul::skinny_matmul_t(&x, weight)? {
+                    return Ok(y);
+                }
                 Ok(x.matmul(&weight.t()?)?)
             }
             Matrix::Quantized(q) if ggml_matmul::supports(q.dtype()) => {
