@@ -180,6 +180,33 @@ mod avx512 {
     }
 }
 
+/// Most activation rows for which [`matmul_xwt`] beats candle's packed GEMM (measured with
+/// `examples/matmul_bench.rs`: 2–4x faster at 4–64 rows on Granite-H shapes).
+pub const MAX_SKINNY_ROWS: usize = 64;
+
+/// `x · wᵀ` for f32 tensors through [`matmul_xwt`] when `x` has at most [`MAX_SKINNY_ROWS`]
+/// rows and `w` is contiguous f32 in CPU memory; `None` otherwise (use the general GEMM).
+pub fn skinny_matmul_t(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    use candle_core::{DType, Device, Storage, Tensor};
+    let (m, k) = x.dims2()?;
+    let (n, kw) = w.dims2()?;
+    if m > MAX_SKINNY_ROWS || k != kw || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (storage, layout) = w.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let weights = &cpu.as_slice::<f32>()?[start..end];
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; m * n];
+    matmul_xwt(&xs, m, k, WeightData::F32(weights), n, &mut y);
+    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,31 +250,4 @@ mod tests {
             check(m, k, n, true);
         }
     }
-}
-
-/// Most activation rows for which [`matmul_xwt`] beats candle's packed GEMM (measured with
-/// `examples/matmul_bench.rs`: 2–4x faster at 4–64 rows on Granite-H shapes).
-pub const MAX_SKINNY_ROWS: usize = 64;
-
-/// `x · wᵀ` for f32 tensors through [`matmul_xwt`] when `x` has at most [`MAX_SKINNY_ROWS`]
-/// rows and `w` is contiguous f32 in CPU memory; `None` otherwise (use the general GEMM).
-pub fn skinny_matmul_t(
-    x: &candle_core::Tensor,
-    w: &candle_core::Tensor,
-) -> candle_core::Result<Option<candle_core::Tensor>> {
-    use candle_core::{DType, Device, Storage, Tensor};
-    let (m, k) = x.dims2()?;
-    let (n, kw) = w.dims2()?;
-    if m > MAX_SKINNY_ROWS || k != kw || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let (storage, layout) = w.storage_and_layout();
-    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        return Ok(None);
-    };
-    let weights = &cpu.as_slice::<f32>()?[start..end];
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut y = vec![0f32; m * n];
-    matmul_xwt(&xs, m, k, WeightData::F32(weights), n, &mut y);
-    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }
