@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nanovllm::llm::{EngineConfig, Prompt, LLM};
+use nanovllm::sampling_params::SamplingParams;
 use nanovllm::validate::{validate, Reference, ValidationReport};
 
 fn fixture_dirs() -> Vec<PathBuf> {
@@ -105,4 +107,52 @@ fn a_perturbed_reference_fails() {
     reference.greedy_ids[1][3] = (reference.greedy_ids[1][3] + 1) % reference.vocab as u32;
     let report = validate(model.as_ref(), &reference).unwrap();
     assert!(report.greedy_match < 1.0);
+}
+
+/// Every fixture through the engine, all rows at once with prefill chunks of 7 tokens, twice on
+/// one engine: both rounds give transformers' greedy tokens, the second from prefix-cache hits
+/// (shared KV blocks, recurrent-state snapshots, sliding windows, learned positions).
+#[test]
+fn engine_greedy_matches_transformers_with_prefix_cache_hits() {
+    for dir in fixture_dirs() {
+        let name = dir.display().to_string();
+        let reference = Reference::load(&dir.join("reference.safetensors")).unwrap();
+        let prompts: Vec<Prompt> = reference
+            .input_ids
+            .iter()
+            .map(|r| Prompt::Tokens(r.clone()))
+            .collect();
+        let params = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(reference.greedy_ids[0].len())
+        };
+        let mut llm = LLM::new(
+            &dir,
+            EngineConfig {
+                max_model_len: Some(64),
+                max_num_batched_tokens: 7,
+                kv_cache_memory: 8 << 20,
+                prefix_cache_memory: 8 << 20,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        for round in 0..2 {
+            let outs = llm
+                .generate(&prompts, std::slice::from_ref(&params), false)
+                .unwrap();
+            let outs: Vec<_> = outs.into_iter().map(|o| o.unwrap()).collect();
+            let cached: usize = outs.iter().map(|o| o.metrics.num_cached_tokens).sum();
+            assert_eq!(
+                round == 1,
+                cached > 0,
+                "{name} round {round}: cached {cached}"
+            );
+            let got: Vec<Vec<u32>> = outs
+                .into_iter()
+                .map(|o| o.outputs[0].token_ids.clone())
+                .collect();
+            assert_eq!(got, reference.greedy_ids, "{name} round {round}");
+        }
+    }
 }
