@@ -1,34 +1,14 @@
 //! Bad checkpoints and configs give one clear error naming the field/tensor/file, and the CLI
 //! exits non-zero without panicking.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{copy_fixture, edit_config, fixture};
 use std::process::Command;
 
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/granite_hybrid")
-        .join(name)
-}
-
-/// Copies a fixture into a temp dir so it can be damaged.
-fn copy_fixture(name: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
-    }
-    tmp
-}
-
-fn edit_config(dir: &Path, f: impl FnOnce(&mut Value)) {
-    let path = dir.join("config.json");
-    let mut v: Value =
-        nanovllm::loader::config_json::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    f(&mut v);
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-}
 
 /// Loads through the library and through `nanovllm info`; returns the library's message.
 fn load_error(dir: &Path) -> String {
@@ -55,7 +35,7 @@ fn load_error(dir: &Path) -> String {
 
 #[test]
 fn malformed_config_json() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     std::fs::write(d.path().join("config.json"), "{\"hidden_size\": 64,").unwrap();
     let e = load_error(d.path());
     assert!(e.contains("config.json"), "{e}");
@@ -63,7 +43,7 @@ fn malformed_config_json() {
 
 #[test]
 fn wrong_type_names_the_field() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     edit_config(d.path(), |v| v["hidden_size"] = Value::from("sixty-four"));
     let e = load_error(d.path());
     assert!(e.contains("hidden_size"), "{e}");
@@ -71,7 +51,7 @@ fn wrong_type_names_the_field() {
 
 #[test]
 fn inconsistent_mamba_heads() {
-    let d = copy_fixture("hybrid_moe_nope");
+    let d = copy_fixture("granite_hybrid/hybrid_moe_nope");
     edit_config(d.path(), |v| v["mamba_d_head"] = Value::from(7));
     let e = load_error(d.path());
     assert!(
@@ -82,7 +62,7 @@ fn inconsistent_mamba_heads() {
 
 #[test]
 fn unknown_model_type() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     edit_config(d.path(), |v| {
         v["model_type"] = Value::from("banana");
         v["architectures"] = serde_json::json!(["BananaForCausalLM"]);
@@ -93,7 +73,7 @@ fn unknown_model_type() {
 
 #[test]
 fn zero_heads() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     edit_config(d.path(), |v| v["num_attention_heads"] = Value::from(0));
     let e = load_error(d.path());
     assert!(e.contains("num_attention_heads"), "{e}");
@@ -101,7 +81,7 @@ fn zero_heads() {
 
 #[test]
 fn layer_types_length_and_names() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     edit_config(d.path(), |v| {
         v["layer_types"] = serde_json::json!(["mamba", "attention"])
     });
@@ -117,7 +97,7 @@ fn missing_config_and_missing_weights() {
     let d = tempfile::tempdir().unwrap();
     assert!(load_error(d.path()).contains("config.json"));
     std::fs::copy(
-        fixture("hybrid_dense").join("config.json"),
+        fixture("granite_hybrid/hybrid_dense").join("config.json"),
         d.path().join("config.json"),
     )
     .unwrap();
@@ -143,7 +123,7 @@ fn rewrite_header(file: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value
 
 #[test]
 fn missing_tensor_is_named() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     let name = "model.layers.1.mamba.A_log";
     rewrite_header(&d.path().join("model.safetensors"), |h| {
         // Rename rather than delete so the data offsets stay valid.
@@ -156,7 +136,7 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn wrong_shape_is_named() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     let name = "model.layers.0.mamba.D";
     rewrite_header(&d.path().join("model.safetensors"), |h| {
         let shape = h[name]["shape"].as_array().unwrap()[0].as_u64().unwrap();
@@ -169,7 +149,7 @@ fn wrong_shape_is_named() {
 
 #[test]
 fn wrong_dtype_is_named() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     let name = "model.norm.weight";
     rewrite_header(&d.path().join("model.safetensors"), |h| {
         h.get_mut(name).unwrap()["dtype"] = Value::from("I32");
@@ -180,7 +160,7 @@ fn wrong_dtype_is_named() {
 
 #[test]
 fn truncated_weights_file() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     let file = d.path().join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
@@ -195,7 +175,7 @@ fn truncated_weights_file() {
 
 #[test]
 fn corrupt_header() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     let file = d.path().join("model.safetensors");
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[9] = b'!';
@@ -205,7 +185,7 @@ fn corrupt_header() {
 
 #[test]
 fn sharded_checkpoint_with_missing_shard() {
-    let d = copy_fixture("bf16_sharded");
+    let d = copy_fixture("granite_hybrid/bf16_sharded");
     let shard = std::fs::read_dir(d.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -221,7 +201,7 @@ fn sharded_checkpoint_with_missing_shard() {
 
 #[test]
 fn bad_reference_file_is_an_error_not_a_panic() {
-    let d = copy_fixture("hybrid_dense");
+    let d = copy_fixture("granite_hybrid/hybrid_dense");
     std::fs::write(d.path().join("reference.safetensors"), b"garbage").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
         .args(["validate", "--model"])

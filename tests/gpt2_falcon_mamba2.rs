@@ -4,7 +4,11 @@
 //! positions past GPT-2's learned table are a request error; and checkpoint spellings
 //! transformers cannot load still load here.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{copy_fixture, edit_config, fixture};
 use std::process::Command;
 
 use nanovllm::cache::block_pool::BlockPool;
@@ -13,30 +17,6 @@ use nanovllm::engine::batch::{Batch, LogitsRows};
 use nanovllm::validate::{validate, Reference};
 use nanovllm::Error;
 use serde_json::Value;
-
-fn fixture(arch_variant: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(arch_variant)
-}
-
-/// Copies a fixture into a temp dir so it can be damaged.
-fn copy_fixture(arch_variant: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(arch_variant)).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
-    }
-    tmp
-}
-
-fn edit_config(dir: &Path, f: impl FnOnce(&mut Value)) {
-    let path = dir.join("config.json");
-    let mut v: Value =
-        nanovllm::loader::config_json::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    f(&mut v);
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-}
 
 /// Loads through the library (must be a config error on `field`) and through `nanovllm info`
 /// (one-line error, exit 1, no panic); returns the library's message.
