@@ -57,7 +57,7 @@ def main() -> None:
     a = ap.parse_args()
     fx = json.loads((ROOT / "tests/fixtures/gguf" / f"{a.name}.json").read_text())
     path = ROOT / "models" / fx["model"]
-    total, agree = 0, 0
+    total, agree, exact = 0, 0, 0
     for ci in map(int, a.cases.split(",")):
         case = fx["cases"][ci]
         prompt, cont = case["prompt_ids"], case["output_ids"][: a.tokens]
@@ -73,10 +73,11 @@ def main() -> None:
             if r >= len(prompt) - 1:
                 total += 1
                 agree += same
+                exact += d == 0.0
             if not a.quiet or not same:
                 kind = "prefill" if r < len(prompt) else "decode "
                 print(f"  row {r:4d} {kind} max|d| {d:.6f} top1 {'==' if same else '!='} gap {gap:.4f}")
-    print(f"next-token rows: argmax agrees {agree}/{total}")
+    print(f"next-token rows: argmax agrees {agree}/{total}, logits bit-identical {exact}/{total}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ scripts/convert_granite_gguf.py; it writes small JSON files under tests/fixtures
                     no BOS), to check our GGUF tokenizer against.
 
 Numerics: the KV cache is F32 and flash attention is off, matching nanovllm (llama.cpp's
-default F16 KV cache rounds keys/values; that is a cache setting, not the model).
+default F16 KV cache rounds keys/values; that is a cache setting, not the model). Run it on an
+AVX2 machine (no AVX-512): ggml's results differ in the last bits between its AVX2 and AVX-512
+builds, and nanovllm reproduces the AVX2 build's arithmetic (src/kernels/ggml_math.rs).
 
     PYTHONPATH=$LLAMA_CPP_HOME/src LLAMA_CPP_LIB_PATH=$LLAMA_CPP_HOME/build/bin \\
         python3 scripts/make_gguf_references.py [smollm2|gemma3|granite]...
@@ -133,7 +135,11 @@ def render_chat(template: str, user: str, bos: str, eos: str) -> str:
 
 
 def version() -> str:
-    return f"llama-cpp-python {llama_cpp.__version__} (vendored llama.cpp)"
+    # ggml's arithmetic depends on the SIMD level it was built for (GGML_NATIVE); nanovllm's
+    # GGUF numerics (kernels/ggml_math.rs) follow the AVX2 + FMA build.
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    simd = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else "other"
+    return f"llama-cpp-python {llama_cpp.__version__} (vendored llama.cpp, native {simd} build)"
 
 
 def make_model(name: str, spec: dict) -> None:

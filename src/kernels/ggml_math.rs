@@ -1,21 +1,27 @@
-//! llama.cpp's CPU arithmetic for the element-wise parts of a forward pass (softmax, SiLU,
-//! GeLU), used for GGUF files so that greedy tokens follow llama.cpp's on the same file. These
-//! are not more accurate than the plain versions (`layers::silu`, `attention::softmax_in_place`,
-//! `mlp::gelu_tanh`), only different in the last bits, and a quantized model amplifies last-bit
-//! differences: one activation that lands on the other side of a Q8 rounding step moves a
-//! logit by ~1e-2.
+//! llama.cpp's CPU arithmetic for the non-matmul parts of a forward pass (attention dot
+//! products, softmax, SiLU, GeLU), used for GGUF files so that greedy tokens follow llama.cpp's
+//! on the same file. These are not more accurate than the plain versions (`layers::silu`,
+//! `attention::softmax_in_place`, `mlp::gelu_tanh`), only different in the last bits, and a
+//! quantized model amplifies last-bit differences: one activation on the other side of a Q8
+//! rounding step moves a logit by ~0.1.
 //!
-//! What ggml does on an AVX-512 CPU (ggml-cpu/vec.h, vec.cpp, ops.cpp):
-//! - `ggml_v_expf`: a polynomial exp for whole 16-lane vectors; leftover lanes use libm `expf`.
-//! - SwiGLU: `silu(x) = x / (1 + exp(-x))` with that vector exp, times the up projection.
+//! The reference is ggml's AVX2 + FMA build (what `GGML_NATIVE` gives on an AVX2 machine and
+//! what `scripts/build_llama_cpp.sh` built here); every function below was checked bit for bit
+//! against that build's intermediate tensors (`scripts/llama_cpp_tensors.py`):
+//! - `ggml_v_expf`: a polynomial exp on 8-lane vectors; leftover lanes use libm `expf`.
+//! - SwiGLU: `x / (1 + exp(-x))` with that exp, times the up projection.
 //! - GeGLU: the tanh GeLU read from a table indexed by the f16 rounding of x.
-//! - softmax: vector exp, sum in f64 of per-vector sums, then a multiply by `(f32)(1/sum)`.
+//! - softmax: vector exp over 8-lane groups of the (16-padded) key range, sum in f64 of the
+//!   groups' sums, then a multiply by `(f32)(1/sum)`.
+//! - `ggml_vec_dot_f32`: four 8-lane FMA accumulators over steps of 32, folded and reduced in a
+//!   fixed order; leftovers added one by one.
+//! - tinyBLAS (`llamafile_sgemm`, batches of 2+ tokens): one 8-lane FMA accumulator per output.
 
 use half::f16;
 
-const LANES: usize = 16;
+const LANES: usize = 8;
 
-/// One lane of ggml's AVX-512 `ggml_v_expf` (max error ~1.5 ulp), op for op.
+/// One lane of ggml's AVX2 `ggml_v_expf` (max error ~1.5 ulp), op for op.
 #[inline]
 pub fn v_expf(x: f32) -> f32 {
     let c = |bits: u32| f32::from_bits(bits);
@@ -23,16 +29,23 @@ pub fn v_expf(x: f32) -> f32 {
     let z = x.mul_add(c(0x3fb8_aa3b), r);
     let n = z - r;
     let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    let e = z.to_bits().wrapping_shl(23);
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
     let u = b * b;
     let j = c(0x3c07_2010)
         .mul_add(b, c(0x3d2b_9f17))
         .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
-        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+        .mul_add(u, c(0x3f7f_fff6) * b);
+    if n.abs() <= 126.0 {
+        return j.mul_add(k, k);
     }
-    // `_mm512_scalef_ps(j, n)`: j·2ⁿ rounded once; exact in f64 for |n| ≤ 192.
-    (j as f64 * (n as f64).exp2()) as f32
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    if n.abs() > 192.0 {
+        return s1 * s1;
+    }
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    s2.mul_add(j, s2) * s1
 }
 
 /// `x / (1 + exp(-x))` with the vector exp (`ggml_v_silu`).
@@ -92,16 +105,63 @@ pub fn geglu(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
     }
 }
 
-/// `_mm512_reduce_add_ps` as GCC expands it: halves added pairwise down to one lane.
-fn reduce_add16(v: &[f32; LANES]) -> f32 {
-    let t3: [f32; 8] = std::array::from_fn(|i| v[8 + i] + v[i]);
-    let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
-    (t6[0] + t6[2]) + (t6[1] + t6[3])
+/// `t = hi + lo`, then `(t0 + t2) + (t1 + t3)`: the movehl/movehdup reduction of an 8-lane
+/// vector in ggml's AVX2 softmax and tinyBLAS's `hsum`.
+#[inline]
+fn hsum_movehl(v: &[f32; LANES]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|i| v[4 + i] + v[i]);
+    (t[0] + t[2]) + (t[1] + t[3])
 }
 
-/// Softmax over one row of attention scores as `ggml_compute_forward_soft_max_f32`. llama.cpp
-/// pads the key range to a multiple of 16 with masked (zero-probability) slots, so every real
-/// score goes through the vector exp, and the sum is taken over zero-padded 16-lane groups.
+/// `t = hi + lo`, then `(t0 + t1) + (t2 + t3)`: the two-`hadd` reduction of
+/// `ggml_vec_dot_f32`.
+#[inline]
+fn hsum_hadd(v: &[f32; LANES]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|i| v[4 + i] + v[i]);
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
+/// `Σ x[i]·y[i]` over `i < n` as `ggml_vec_dot_f32` on AVX2 (attention scores, and the
+/// attention output of a single decoded token); `xy(i)` is the pair at ggml's index i.
+/// `padded_len` is the length ggml sees (the key range rounded up with zero-probability
+/// slots); elements past `n` count as zeros.
+pub fn vec_dot_f32(n: usize, xy: impl Fn(usize) -> (f32, f32), padded_len: usize) -> f32 {
+    const STEP: usize = 4 * LANES;
+    let whole = padded_len.max(n) / STEP * STEP;
+    let mut acc = [[0f32; LANES]; 4];
+    for i in 0..n.min(whole) {
+        let (x, y) = xy(i);
+        let a = &mut acc[(i / LANES) % 4][i % LANES];
+        *a = x.mul_add(y, *a);
+    }
+    let s: [f32; LANES] = std::array::from_fn(|l| {
+        let s0 = acc[0][l] + acc[2][l];
+        let s1 = acc[1][l] + acc[3][l];
+        s0 + s1
+    });
+    let mut sum = hsum_hadd(&s);
+    for i in whole..n {
+        let (x, y) = xy(i);
+        sum += x * y;
+    }
+    sum
+}
+
+/// `Σ x[i]·y[i]` as tinyBLAS's F32 kernel (batches of two or more tokens): one 8-lane FMA
+/// accumulator, zero-padded to whole vectors.
+pub fn tiny_dot_f32(n: usize, xy: impl Fn(usize) -> (f32, f32)) -> f32 {
+    let mut acc = [0f32; LANES];
+    for i in 0..n {
+        let (x, y) = xy(i);
+        let a = &mut acc[i % LANES];
+        *a = x.mul_add(y, *a);
+    }
+    hsum_movehl(&acc)
+}
+
+/// Softmax over one row of attention scores as `ggml_compute_forward_soft_max_f32` (AVX2).
+/// llama.cpp pads the key range with masked (zero-probability) slots, so every real score
+/// goes through the vector exp, in 8-lane groups counted from the row's first key.
 pub fn softmax_in_place(v: &mut [f32]) {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f64;
@@ -111,7 +171,7 @@ pub fn softmax_in_place(v: &mut [f32]) {
             *x = v_expf(*x - max);
             *l = *x;
         }
-        sum += reduce_add16(&lanes) as f64;
+        sum += hsum_movehl(&lanes) as f64;
     }
     let inv = (1.0 / sum) as f32;
     for x in v.iter_mut() {
@@ -155,6 +215,7 @@ mod tests {
         let gate: Vec<f32> = (0..40).map(|i| i as f32 * 0.3 - 6.0).collect();
         let up: Vec<f32> = (0..40).map(|i| 1.0 + i as f32 * 0.01).collect();
         let (mut s, mut g) = (Vec::new(), Vec::new());
+        assert!(tiny_dot_f32(gate.len(), |i| (gate[i], up[i])).is_finite());
         swiglu(&gate, &up, &mut s);
         geglu(&gate, &up, &mut g);
         for i in 0..40 {

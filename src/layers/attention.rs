@@ -67,8 +67,10 @@ pub struct Attention {
     v_proj: Linear,
     o_proj: Linear,
     qk_norm: Option<(RmsNorm, RmsNorm)>,
-    /// llama.cpp's softmax arithmetic (GGUF files), see [`ggml_math`].
+    /// llama.cpp's attention arithmetic (GGUF files), see [`ggml_math`].
     ggml: bool,
+    /// llama.cpp holds q/k head dimensions in RoPE pair order (permuted GGUF rows).
+    ggml_pair_order: bool,
 }
 
 impl Attention {
@@ -118,6 +120,7 @@ impl Attention {
             cfg,
             opts,
             ggml,
+            ggml_pair_order: store.gguf_rows_permuted(&format!("{prefix}.q_proj.weight")),
         })
     }
 
@@ -158,6 +161,7 @@ impl Attention {
             o_proj,
             qk_norm: None,
             ggml: false,
+            ggml_pair_order: false,
         })
     }
 
@@ -206,11 +210,6 @@ impl Attention {
         let group = nh / self.cfg.n_kv_heads;
         let scale = self.cfg.scale;
         let softcap = self.opts.logit_softcap;
-        let softmax = if self.ggml {
-            ggml_math::softmax_in_place
-        } else {
-            softmax_in_place
-        };
         let mut out = vec![0f32; tokens * qd];
         out.par_chunks_mut(hd)
             .enumerate()
@@ -222,6 +221,36 @@ impl Attention {
                 let (base, offsets) = &seq_offsets[seq];
                 let offsets = &offsets[visible_from(pos) - base..=pos - base];
                 scores.clear();
+                if self.ggml {
+                    // llama.cpp's kernels: see `ggml_math` for which one runs when.
+                    let half = hd / 2;
+                    // Head dimensions in llama.cpp's order: pairs (i, i + half) side by side
+                    // when its rows were permuted for interleaved RoPE.
+                    let dim = |i: usize| {
+                        if self.ggml_pair_order {
+                            (i % 2) * half + i / 2
+                        } else {
+                            i
+                        }
+                    };
+                    scores.extend(offsets.iter().map(|&off| {
+                        let qk = |i: usize| (qrow[dim(i)], kstore[off + kv_off + dim(i)]);
+                        ggml_math::vec_dot_f32(hd, qk, hd) * scale
+                    }));
+                    ggml_math::softmax_in_place(scores);
+                    let batched = batch.seqs[seq].len >= 2;
+                    let padded = scores.len().next_multiple_of(32);
+                    let n = scores.len();
+                    for (d, od) in o.iter_mut().enumerate() {
+                        let pv = |j: usize| (scores[j], vstore[offsets[j] + kv_off + d]);
+                        *od = if batched {
+                            ggml_math::tiny_dot_f32(n, pv)
+                        } else {
+                            ggml_math::vec_dot_f32(n, pv, padded)
+                        };
+                    }
+                    return;
+                }
                 scores.extend(offsets.iter().map(|&off| {
                     let krow = &kstore[off + kv_off..off + kv_off + hd];
                     let s = dot(qrow, krow) * scale;
@@ -230,7 +259,7 @@ impl Attention {
                         None => s,
                     }
                 }));
-                softmax(scores);
+                softmax_in_place(scores);
                 for (&p, &off) in scores.iter().zip(offsets) {
                     let vrow = &vstore[off + kv_off..off + kv_off + hd];
                     for (acc, vv) in o.iter_mut().zip(vrow) {

@@ -107,8 +107,14 @@ impl Rope {
             let (lo, hi) = head.split_at_mut(half);
             for i in 0..half {
                 let (a, b) = (lo[i], hi[i]);
-                lo[i] = a * cos[i] - b * sin[i];
-                hi[i] = b * cos[i] + a * sin[i];
+                if self.ggml.is_some() {
+                    // ggml's `rotate_pairs` as GCC contracts it (checked against its output).
+                    lo[i] = a.mul_add(cos[i], -(b * sin[i]));
+                    hi[i] = a.mul_add(sin[i], b * cos[i]);
+                } else {
+                    lo[i] = a * cos[i] - b * sin[i];
+                    hi[i] = b * cos[i] + a * sin[i];
+                }
             }
         }
     }

@@ -310,6 +310,18 @@ impl WeightStore {
         }
     }
 
+    /// Whether a GGUF tensor's rows were stored permuted for interleaved RoPE (Llama-body q/k
+    /// in llama.cpp's converter), i.e. whether llama.cpp sees its head dimensions in pair order.
+    pub fn gguf_rows_permuted(&self, name: &str) -> bool {
+        match &self.backend {
+            Backend::Gguf(g) => g
+                .names
+                .get(name)
+                .is_some_and(|src| matches!(src.transform, gguf::Transform::Unpermute(_))),
+            Backend::Safetensors(_) => false,
+        }
+    }
+
     /// Whether the checkpoint holds a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
         match &self.backend {
