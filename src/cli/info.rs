@@ -30,6 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|k| match k {
             LayerKind::Attention => 'A',
             LayerKind::Mamba => 'M',
+            LayerKind::Hybrid => 'H',
         })
         .collect();
     let attention_layers: Vec<usize> = info
