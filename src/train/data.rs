@@ -95,8 +95,8 @@ impl Corpus {
     pub fn load(source: &DataSource, seq_len: usize, eval_fraction: f64, eos: u32) -> Result<Self> {
         let (ids, num_files) = match source {
             DataSource::Text { path, tokenizer } => {
-                let tok = Tokenizer::from_path(tokenizer)?;
                 let texts = read_texts(path)?;
+                let tok = load_tokenizer(tokenizer)?;
                 let mut ids = Vec::new();
                 for t in &texts {
                     ids.extend(tok.encode(t, false)?);
@@ -162,6 +162,16 @@ impl Corpus {
         let flat: Vec<u32> = rows.iter().flat_map(|&r| self.windows[r].iter().copied()).collect();
         let all = Tensor::from_vec(flat, (rows.len(), w), &Device::Cpu)?;
         Ok((all.narrow(1, 0, w - 1)?, all.narrow(1, 1, w - 1)?))
+    }
+}
+
+/// Loads `tokenizer.json` given as the file itself or its directory.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    match path.parent() {
+        Some(dir) if path.is_file() && path.file_name().is_some_and(|n| n == "tokenizer.json") => {
+            Tokenizer::from_dir(dir)
+        }
+        _ => Tokenizer::from_path(path),
     }
 }
 

@@ -93,7 +93,7 @@ fn check(
         let n = base.len();
         for k in 0..n.min(5) {
             let i = (k * 7919 + 3) % n;
-            let mut bump = |d: f64| {
+            let bump = |d: f64| {
                 let mut v = base.clone();
                 v[i] += d;
                 var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap()).unwrap();
@@ -232,7 +232,7 @@ fn model_loss_backward_matches_finite_differences_and_checkpointing() {
             let analytic: Vec<f64> = plain[name].flatten_all().unwrap().to_vec1().unwrap();
             for k in 0..4 {
                 let i = (k * 7919 + 5) % base.len();
-                let mut at = |d: f64| {
+                let at = |d: f64| {
                     let mut v = base.clone();
                     v[i] += d;
                     var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap()).unwrap();
