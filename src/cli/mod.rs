@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => a.threads(),
         Command::Bench(a) => a.threads(),
         Command::Chat(a) => a.threads(),
+        Command::Train(a) => a.threads(),
         _ => None,
     };
     nanovllm::llm::init_threads(threads);

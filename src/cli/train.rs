@@ -42,6 +42,17 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Compute threads (default: all cores; 1 is faster on a busy machine, see
+    /// docs/dynamic_hybrid.md).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl Args {
+    /// The requested compute threads.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
