@@ -49,7 +49,10 @@ fn random_model(dir: &Path, cfg: &DynamicHybridConfig) -> ParamStore {
     for (name, var, _) in p.iter() {
         let dims = var.dims().to_vec();
         let n: usize = dims.iter().product();
-        let scale = if name.ends_with("norm.weight") || name.ends_with("A_log") || name.ends_with("dt_bias") {
+        let scale = if name.ends_with("norm.weight")
+            || name.ends_with("A_log")
+            || name.ends_with("dt_bias")
+        {
             None
         } else if name.ends_with("state_importance") {
             Some(1.5)
@@ -58,11 +61,16 @@ fn random_model(dir: &Path, cfg: &DynamicHybridConfig) -> ParamStore {
         };
         if let Some(s) = scale {
             let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-s..s)).collect();
-            var.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap())
+                .unwrap();
         }
     }
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg).unwrap(),
+    )
+    .unwrap();
     p.save(&dir.join("model.safetensors")).unwrap();
     p
 }
@@ -76,19 +84,32 @@ fn engine_config() -> EngineConfig {
     }
 }
 
-fn generate(dir: &Path, cfg: EngineConfig, prompts: &[Prompt], params: &SamplingParams) -> Vec<Vec<u32>> {
+fn generate(
+    dir: &Path,
+    cfg: EngineConfig,
+    prompts: &[Prompt],
+    params: &SamplingParams,
+) -> Vec<Vec<u32>> {
     let mut llm = LLM::new(dir, cfg).unwrap();
-    let outs = llm.generate(prompts, std::slice::from_ref(params), false).unwrap();
+    let outs = llm
+        .generate(prompts, std::slice::from_ref(params), false)
+        .unwrap();
     let engine = llm.engine_mut();
     let ((fb, b), (fs, s)) = engine.scheduler().free_resources();
     assert_eq!((fb, fs), (b, s), "leaked blocks or slots");
-    outs.into_iter().map(|o| o.unwrap().outputs[0].token_ids.clone()).collect()
+    outs.into_iter()
+        .map(|o| o.unwrap().outputs[0].token_ids.clone())
+        .collect()
 }
 
 fn prompts(n: usize, vocab: u32, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
-        .map(|_| (0..rng.gen_range(3..40)).map(|_| rng.gen_range(0..vocab)).collect())
+        .map(|_| {
+            (0..rng.gen_range(3..40))
+                .map(|_| rng.gen_range(0..vocab))
+                .collect()
+        })
         .collect()
 }
 
@@ -126,7 +147,10 @@ fn engine_is_batch_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny();
     random_model(dir.path(), &cfg);
-    let prompts: Vec<Prompt> = prompts(12, 64, 11).into_iter().map(Prompt::Tokens).collect();
+    let prompts: Vec<Prompt> = prompts(12, 64, 11)
+        .into_iter()
+        .map(Prompt::Tokens)
+        .collect();
     for params in [
         SamplingParams {
             ignore_eos: true,
@@ -155,19 +179,39 @@ fn engine_is_batch_invariant() {
             max_num_batched_tokens: 24,
             ..engine_config()
         };
-        assert_eq!(generate(dir.path(), chunked, &prompts, &params), alone, "batched");
-        let kv = nanovllm::models::load(dir.path()).unwrap().cache_costs().kv_bytes_per_token;
+        assert_eq!(
+            generate(dir.path(), chunked, &prompts, &params),
+            alone,
+            "batched"
+        );
+        let kv = nanovllm::models::load(dir.path())
+            .unwrap()
+            .cache_costs()
+            .kv_bytes_per_token;
         let tight = EngineConfig {
             kv_cache_memory: kv * 16 * 12,
             ..engine_config()
         };
-        assert_eq!(generate(dir.path(), tight, &prompts, &params), alone, "preempted");
+        assert_eq!(
+            generate(dir.path(), tight, &prompts, &params),
+            alone,
+            "preempted"
+        );
         let mut llm = LLM::new(dir.path(), engine_config()).unwrap();
-        llm.generate(&prompts, std::slice::from_ref(&params), false).unwrap();
-        let again = llm.generate(&prompts, std::slice::from_ref(&params), false).unwrap();
-        let cached: usize = again.iter().map(|o| o.as_ref().unwrap().metrics.num_cached_tokens).sum();
+        llm.generate(&prompts, std::slice::from_ref(&params), false)
+            .unwrap();
+        let again = llm
+            .generate(&prompts, std::slice::from_ref(&params), false)
+            .unwrap();
+        let cached: usize = again
+            .iter()
+            .map(|o| o.as_ref().unwrap().metrics.num_cached_tokens)
+            .sum();
         assert!(cached > 0, "no prefix-cache hit");
-        let toks: Vec<Vec<u32>> = again.into_iter().map(|o| o.unwrap().outputs[0].token_ids.clone()).collect();
+        let toks: Vec<Vec<u32>> = again
+            .into_iter()
+            .map(|o| o.unwrap().outputs[0].token_ids.clone())
+            .collect();
         assert_eq!(toks, alone, "prefix-cache hit");
     }
 }
@@ -201,8 +245,16 @@ fn tiny_model_overfits_a_tiny_corpus() {
     let report = train(&options(out.path(), 150, None)).unwrap();
     let l = losses(out.path());
     assert!(l[0] > 3.5, "first loss {}", l[0]);
-    assert!(report.last_loss < 0.5, "final training loss {}", report.last_loss);
-    assert!(report.eval_ppl.unwrap() < 3.0, "eval ppl {:?}", report.eval_ppl);
+    assert!(
+        report.last_loss < 0.5,
+        "final training loss {}",
+        report.last_loss
+    );
+    assert!(
+        report.eval_ppl.unwrap() < 3.0,
+        "eval ppl {:?}",
+        report.eval_ppl
+    );
     assert!(out.path().join("final/model.safetensors").is_file());
     assert!(out.path().join("best/optimizer.safetensors").is_file());
 }
@@ -215,7 +267,11 @@ fn resume_continues_the_loss_curve_exactly() {
     train(&options(split.path(), 4, None)).unwrap();
     let again = tempfile::tempdir().unwrap();
     train(&options(again.path(), 8, Some(&split.path().join("final")))).unwrap();
-    let (a, b, c) = (losses(whole.path()), losses(split.path()), losses(again.path()));
+    let (a, b, c) = (
+        losses(whole.path()),
+        losses(split.path()),
+        losses(again.path()),
+    );
     assert_eq!(a.len(), 8);
     assert_eq!(b, a[..4]);
     assert_eq!(c, a[4..], "resumed curve differs");
@@ -249,7 +305,13 @@ fn bad_data_paths_and_configs_are_named() {
     o.config.router_capacity = 2.0;
     let e = train(&o).unwrap_err().to_string();
     assert!(e.contains("router_capacity"), "{e}");
-    let e = train(&options(out.path(), 1, Some(Path::new("/nonexistent/ckpt")))).unwrap_err().to_string();
+    let e = train(&options(
+        out.path(),
+        1,
+        Some(Path::new("/nonexistent/ckpt")),
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/nonexistent/ckpt"), "{e}");
 }
 
@@ -258,23 +320,44 @@ fn granite_transfer_copies_tensors_bit_for_bit() {
     let src = common::fixture("granite_hybrid/hybrid_dense");
     let out = tempfile::tempdir().unwrap();
     let report = nanovllm::models::dynamic_hybrid::transfer::convert(&src, out.path(), 0).unwrap();
-    let granite = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let dh = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let granite =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let dh =
+        candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
     // 5 layers [M, M, A, M, A]: embed + norm + per layer 2 norms + 2 MLP + 8 mamba or 4 attention.
     assert_eq!(report.transferred.len(), 2 + 5 * 4 + 3 * 8 + 2 * 4);
     for c in &report.transferred {
-        let a = granite[&c.from].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = granite[&c.from]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let b = dh[&c.to].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{} differs", c.to);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{} differs",
+            c.to
+        );
     }
-    assert!(report.fresh.iter().any(|(n, _)| n == "layers.2.ssm.in_proj.weight"));
-    assert!(report.fresh.iter().any(|(n, _)| n == "layers.0.attn.q_proj.weight"));
+    assert!(report
+        .fresh
+        .iter()
+        .any(|(n, _)| n == "layers.2.ssm.in_proj.weight"));
+    assert!(report
+        .fresh
+        .iter()
+        .any(|(n, _)| n == "layers.0.attn.q_proj.weight"));
     assert!(report.dropped.is_empty(), "{:?}", report.dropped);
     // The converted model is served by the engine.
     let p = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(4)
     };
-    let got = generate(out.path(), engine_config(), &[Prompt::Tokens(vec![1, 2, 3])], &p);
+    let got = generate(
+        out.path(),
+        engine_config(),
+        &[Prompt::Tokens(vec![1, 2, 3])],
+        &p,
+    );
     assert_eq!(got[0].len(), 4);
 }

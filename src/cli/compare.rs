@@ -42,7 +42,10 @@ fn forward(model: &dyn Model, tokens: &[u32]) -> anyhow::Result<f64> {
         },
     );
     let table: Vec<u32> = (0..blocks as u32).collect();
-    let batch = Batch::new(vec![(tokens.to_vec(), 0, 0, table)], LogitsRows::LastPerSequence);
+    let batch = Batch::new(
+        vec![(tokens.to_vec(), 0, 0, table)],
+        LogitsRows::LastPerSequence,
+    );
     let t0 = Instant::now();
     model.forward(&batch, &mut cache)?;
     Ok(t0.elapsed().as_secs_f64())
@@ -50,10 +53,14 @@ fn forward(model: &dyn Model, tokens: &[u32]) -> anyhow::Result<f64> {
 
 /// Runs the comparison and returns its JSON report.
 pub fn run(args: &CompareArgs) -> anyhow::Result<serde_json::Value> {
-    anyhow::ensure!(args.models.len() == 2, "--compare takes exactly two model directories");
+    anyhow::ensure!(
+        args.models.len() == 2,
+        "--compare takes exactly two model directories"
+    );
     let mut results = Vec::new();
     for path in args.models {
-        let model = nanovllm::models::load(path).with_context(|| format!("loading {}", path.display()))?;
+        let model =
+            nanovllm::models::load(path).with_context(|| format!("loading {}", path.display()))?;
         let info = model.info();
         let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
         let v = info.vocab_size as u32;
@@ -68,7 +75,8 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<serde_json::Value> {
         }
         let n = times.len() as f64;
         let mean = times.iter().sum::<f64>() / n;
-        let std = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let std =
+            (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
         let costs = model.cache_costs();
         let mut scaling = Vec::new();
         for &len in args.lengths {
@@ -116,16 +124,43 @@ fn print_table(results: &[serde_json::Value]) {
     let name = |v: &serde_json::Value| f(v, "architecture").as_str().unwrap_or("?").to_string();
     let (a, b) = (&results[0], &results[1]);
     eprintln!("| | {} | {} |\n|---|---|---|", name(a), name(b));
-    for (label, key) in [("params", "params"), ("weights MiB", "weight_mib"), ("state bytes / seq", "state_bytes_per_seq"), ("KV bytes / token", "kv_bytes_per_token"), ("tokens/s", "tokens_per_s"), ("forward peak MiB", "forward_peak_mib")] {
+    for (label, key) in [
+        ("params", "params"),
+        ("weights MiB", "weight_mib"),
+        ("state bytes / seq", "state_bytes_per_seq"),
+        ("KV bytes / token", "kv_bytes_per_token"),
+        ("tokens/s", "tokens_per_s"),
+        ("forward peak MiB", "forward_peak_mib"),
+    ] {
         eprintln!("| {label} | {} | {} |", f(a, key), f(b, key));
     }
-    eprintln!("| forward s (mean ± std) | {:.4} ± {:.4} | {:.4} ± {:.4} |",
-        f(a, "forward_s_mean").as_f64().unwrap_or(0.0), f(a, "forward_s_std").as_f64().unwrap_or(0.0),
-        f(b, "forward_s_mean").as_f64().unwrap_or(0.0), f(b, "forward_s_std").as_f64().unwrap_or(0.0));
+    eprintln!(
+        "| forward s (mean ± std) | {:.4} ± {:.4} | {:.4} ± {:.4} |",
+        f(a, "forward_s_mean").as_f64().unwrap_or(0.0),
+        f(a, "forward_s_std").as_f64().unwrap_or(0.0),
+        f(b, "forward_s_mean").as_f64().unwrap_or(0.0),
+        f(b, "forward_s_std").as_f64().unwrap_or(0.0)
+    );
     eprintln!("\n| seq len | {} weights+cache MiB | {} weights+cache MiB | {} fwd peak MiB | {} fwd peak MiB |\n|---|---|---|---|---|", name(a), name(b), name(a), name(b));
-    let rows = |v: &serde_json::Value| f(v, "memory_scaling").as_array().cloned().unwrap_or_default();
+    let rows = |v: &serde_json::Value| {
+        f(v, "memory_scaling")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
     for (ra, rb) in rows(a).iter().zip(rows(b)) {
-        let g = |r: &serde_json::Value, k: &str| r.get(k).and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{x:.1}"));
-        eprintln!("| {} | {} | {} | {} | {} |", f(ra, "seq_len"), g(ra, "weights_plus_cache_mib"), g(&rb, "weights_plus_cache_mib"), g(ra, "forward_peak_mib"), g(&rb, "forward_peak_mib"));
+        let g = |r: &serde_json::Value, k: &str| {
+            r.get(k)
+                .and_then(|x| x.as_f64())
+                .map_or("-".into(), |x| format!("{x:.1}"))
+        };
+        eprintln!(
+            "| {} | {} | {} | {} | {} |",
+            f(ra, "seq_len"),
+            g(ra, "weights_plus_cache_mib"),
+            g(&rb, "weights_plus_cache_mib"),
+            g(ra, "forward_peak_mib"),
+            g(&rb, "forward_peak_mib")
+        );
     }
 }

@@ -62,7 +62,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("| {n} | {s:?} |");
     }
     if !report.dropped.is_empty() {
-        println!("\nnot transferred from Granite: {}", report.dropped.join(", "));
+        println!(
+            "\nnot transferred from Granite: {}",
+            report.dropped.join(", ")
+        );
     }
     println!("\n| | Granite 4.0-H | DynamicHybridModel |\n|---|---|---|");
     for r in &report.comparison {

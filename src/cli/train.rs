@@ -57,8 +57,9 @@ impl Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = match (&args.config, &args.resume) {
-        (Some(p), _) => DynamicHybridConfig::from_file(p)
-            .with_context(|| format!("config {}", p.display()))?,
+        (Some(p), _) => {
+            DynamicHybridConfig::from_file(p).with_context(|| format!("config {}", p.display()))?
+        }
         (None, Some(dir)) => DynamicHybridConfig::from_file(&dir.join("config.json"))
             .with_context(|| format!("checkpoint {}", dir.display()))?,
         (None, None) => anyhow::bail!("--config or --resume is required"),
@@ -104,16 +105,13 @@ fn find_tokenizer(args: &Args) -> anyhow::Result<PathBuf> {
         anyhow::ensure!(t.is_file(), "--tokenizer {}: no such file", t.display());
         return Ok(t.clone());
     }
-    let beside = [&args.config, &args.resume]
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            if p.is_dir() {
-                p.join("tokenizer.json")
-            } else {
-                p.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
-            }
-        });
+    let beside = [&args.config, &args.resume].into_iter().flatten().map(|p| {
+        if p.is_dir() {
+            p.join("tokenizer.json")
+        } else {
+            p.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
+        }
+    });
     beside
         .chain(std::iter::once(PathBuf::from(DEFAULT_TOKENIZER)))
         .find(|p| p.is_file())

@@ -5,14 +5,14 @@
 //! The training forward lives in the submodules; this file is the engine architecture.
 
 pub mod config;
+#[cfg(test)]
+mod grad_tests;
 pub mod layer;
 pub mod network;
 pub mod ops;
 pub mod params;
 pub mod routing;
 pub mod transfer;
-#[cfg(test)]
-mod grad_tests;
 
 use candle_core::{Device, Tensor};
 
@@ -22,7 +22,9 @@ use super::{eos_ids, LayerKind, Model, ModelInfo};
 use crate::cache::{LayerCache, LayerCacheSpec, ModelCache, StateCache, StateShape};
 use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
-use crate::kernels::reference::{causal_conv1d_silu, softplus, ssm_scan_batch, ScanDims, ScanInputs};
+use crate::kernels::reference::{
+    causal_conv1d_silu, softplus, ssm_scan_batch, ScanDims, ScanInputs,
+};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::embedding::Embedding;
 use crate::layers::linear::Linear;
@@ -71,7 +73,10 @@ impl SsmPath {
         // Conv channels kept, in order: x, then B and C of each group restricted to `kept`.
         let mut channels: Vec<(usize, f32)> = (0..di).map(|c| (c, 1.0)).collect();
         for gi in 0..g {
-            channels.extend(kept.iter().map(|&i| (di + gi * n + i, 2.0 * sigmoid(theta[i]))));
+            channels.extend(
+                kept.iter()
+                    .map(|&i| (di + gi * n + i, 2.0 * sigmoid(theta[i]))),
+            );
         }
         for gi in 0..g {
             channels.extend(kept.iter().map(|&i| (di + g * n + gi * n + i, 1.0)));
@@ -135,19 +140,36 @@ impl SsmPath {
         for row in proj.chunks(di + cd + nh) {
             z.extend_from_slice(&row[..di]);
             xbc.extend_from_slice(&row[di..di + cd]);
-            dt.extend(row[di + cd..].iter().zip(&self.dt_bias).map(|(v, b)| softplus(v + b)));
+            dt.extend(
+                row[di + cd..]
+                    .iter()
+                    .zip(&self.dt_bias)
+                    .map(|(v, b)| softplus(v + b)),
+            );
         }
         let mut conv_out = vec![0f32; tokens * cd];
         let slots: Vec<usize> = batch.seqs.iter().map(|s| s.state_slot).collect();
         let (conv_states, mut ssm_states): (Vec<_>, Vec<_>) =
             cache.slots_mut(&slots)?.into_iter().unzip();
-        for ((s, conv_state), ssm_state) in batch.seqs.iter().zip(conv_states).zip(ssm_states.iter_mut()) {
+        for ((s, conv_state), ssm_state) in batch
+            .seqs
+            .iter()
+            .zip(conv_states)
+            .zip(ssm_states.iter_mut())
+        {
             if s.past_len == 0 {
                 conv_state.fill(0.0);
                 ssm_state.fill(0.0);
             }
             let rows = s.start * cd..(s.start + s.len) * cd;
-            causal_conv1d_silu(&xbc[rows.clone()], conv_state, &self.conv_weight, &self.conv_bias, self.shape.conv_kernel, &mut conv_out[rows]);
+            causal_conv1d_silu(
+                &xbc[rows.clone()],
+                conv_state,
+                &self.conv_weight,
+                &self.conv_bias,
+                self.shape.conv_kernel,
+                &mut conv_out[rows],
+            );
         }
         let inputs: Vec<ScanInputs> = batch
             .seqs
@@ -271,7 +293,10 @@ pub fn load_typed(config: &serde_json::Value, store: &WeightStore) -> Result<Dyn
         let router_bias = to_vec(&store.f32(&format!("{p}.router.bias"), &[1])?)?;
         layers.push(HybridLayer {
             input_norm: RmsNorm::load(store, &format!("{p}.input_norm.weight"), h, eps)?,
-            router: store.f32(&format!("{p}.router.weight"), &[1, h])?.t()?.contiguous()?,
+            router: store
+                .f32(&format!("{p}.router.weight"), &[1, h])?
+                .t()?
+                .contiguous()?,
             router_bias: router_bias.first().copied().unwrap_or(0.0),
             ssm,
             attn: Attention::load(store, &format!("{p}.attn"), attention.clone())?,
@@ -340,7 +365,13 @@ pub fn load_typed(config: &serde_json::Value, store: &WeightStore) -> Result<Dyn
 impl DynamicHybrid {
     /// Routes every token of the batch for layer `l`; returns the SSM weights `(r + p)/2`
     /// as `[tokens, 1]` and advances each sequence's running count.
-    fn route(&self, l: usize, logits: &[f32], batch: &Batch, counts: &mut StateCache) -> Result<Tensor> {
+    fn route(
+        &self,
+        l: usize,
+        logits: &[f32],
+        batch: &Batch,
+        counts: &mut StateCache,
+    ) -> Result<Tensor> {
         let quota = RouterQuota {
             capacity: self.cfg.router_capacity,
             slack: self.cfg.router_slack,
@@ -349,7 +380,11 @@ impl DynamicHybrid {
         for s in &batch.seqs {
             let (count, _) = counts.slot_mut(s.state_slot)?;
             // Counts are whole numbers far below 2^24, exact in f32.
-            let before = if s.past_len == 0 { 0 } else { count[l] as usize };
+            let before = if s.past_len == 0 {
+                0
+            } else {
+                count[l] as usize
+            };
             let span = &logits[s.start..s.start + s.len];
             let routes = quota.route(s.past_len, before, span);
             count[l] = (before + routes.iter().filter(|r| **r).count()) as f32;
@@ -364,10 +399,18 @@ impl DynamicHybrid {
 impl Model for DynamicHybrid {
     fn forward(&self, batch: &Batch, cache: &mut ModelCache) -> Result<Tensor> {
         batch.validate(self.cfg.vocab_size)?;
-        if let Some(s) = batch.seqs.iter().find(|s| s.past_len + s.len > self.cfg.max_seq_len) {
+        if let Some(s) = batch
+            .seqs
+            .iter()
+            .find(|s| s.past_len + s.len > self.cfg.max_seq_len)
+        {
             return Err(Error::request(
                 "positions",
-                format!("sequence of {} tokens exceeds max_seq_len {}", s.past_len + s.len, self.cfg.max_seq_len),
+                format!(
+                    "sequence of {} tokens exceeds max_seq_len {}",
+                    s.past_len + s.len,
+                    self.cfg.max_seq_len
+                ),
             ));
         }
         let layout_error = || Error::request("cache", "cache layout does not match the model");
@@ -375,7 +418,9 @@ impl Model for DynamicHybrid {
         let Some(LayerCache::Recurrent(counts)) = counts.first_mut() else {
             return Err(layout_error());
         };
-        let mut x = self.embed.forward(&batch.tokens, self.cfg.embedding_multiplier)?;
+        let mut x = self
+            .embed
+            .forward(&batch.tokens, self.cfg.embedding_multiplier)?;
         for (l, (layer, caches)) in self.layers.iter().zip(per_layer.chunks_mut(2)).enumerate() {
             let [LayerCache::Recurrent(state), LayerCache::Attention(kv)] = caches else {
                 return Err(layout_error());

@@ -144,10 +144,20 @@ impl Corpus {
     }
 
     /// `(inputs, targets)` `[batch, seq_len]` of micro-batch `micro` of optimizer step `step`.
-    pub fn train_batch(&self, seed: u64, step: usize, micro: usize, batch: usize) -> Result<(Tensor, Tensor)> {
-        let mix = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    pub fn train_batch(
+        &self,
+        seed: u64,
+        step: usize,
+        micro: usize,
+        batch: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let mix = seed
+            ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (micro as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         let mut rng = StdRng::seed_from_u64(mix);
-        let rows: Vec<usize> = (0..batch).map(|_| rng.gen_range(0..self.eval_start)).collect();
+        let rows: Vec<usize> = (0..batch)
+            .map(|_| rng.gen_range(0..self.eval_start))
+            .collect();
         self.stack(&rows)
     }
 
@@ -159,7 +169,10 @@ impl Corpus {
 
     fn stack(&self, rows: &[usize]) -> Result<(Tensor, Tensor)> {
         let w = self.windows[0].len();
-        let flat: Vec<u32> = rows.iter().flat_map(|&r| self.windows[r].iter().copied()).collect();
+        let flat: Vec<u32> = rows
+            .iter()
+            .flat_map(|&r| self.windows[r].iter().copied())
+            .collect();
         let all = Tensor::from_vec(flat, (rows.len(), w), &Device::Cpu)?;
         Ok((all.narrow(1, 0, w - 1)?, all.narrow(1, 1, w - 1)?))
     }

@@ -93,7 +93,10 @@ impl AdamW {
             } else if let Some(n) = k.strip_prefix("v.") {
                 self.v.insert(n.to_string(), t);
             } else {
-                return Err(Error::request("resume", format!("unexpected optimizer tensor `{k}`")));
+                return Err(Error::request(
+                    "resume",
+                    format!("unexpected optimizer tensor `{k}`"),
+                ));
             }
         }
         self.step = step;
@@ -118,7 +121,11 @@ pub fn learning_rate(step: usize, peak: f64, warmup: usize, total: usize, min_ra
 pub fn clip_grad_norm(grads: &mut Grads, max_norm: f64) -> Result<f64> {
     let mut sq = 0.0;
     for g in grads.values() {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {

@@ -76,7 +76,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         None => {
             opts.config.validate()?;
             let params = ParamStore::init(&opts.config, DType::F32)?;
-            (opts.config.clone(), params, AdamW::new(adam(&opts.config)), TrainerState::default())
+            (
+                opts.config.clone(),
+                params,
+                AdamW::new(adam(&opts.config)),
+                TrainerState::default(),
+            )
         }
     };
     let total = opts.steps.unwrap_or(cfg.max_steps);
@@ -85,7 +90,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     if corpus.max_id() as usize >= cfg.vocab_size {
         return Err(Error::config(
             "vocab_size",
-            format!("{} is too small for the tokenizer (ids up to {})", cfg.vocab_size, corpus.max_id()),
+            format!(
+                "{} is too small for the tokenizer (ids up to {})",
+                cfg.vocab_size,
+                corpus.max_id()
+            ),
         ));
     }
     let tokenizer = match &opts.data {
@@ -110,12 +119,25 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     while state.step < total {
         let step = state.step;
         let t0 = Instant::now();
-        let lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps, total, cfg.min_lr_ratio);
+        let lr = learning_rate(
+            step,
+            cfg.learning_rate,
+            cfg.warmup_steps,
+            total,
+            cfg.min_lr_ratio,
+        );
         let mut grads = Grads::new();
         let mut sums = [0f64; 5];
         for micro in 0..cfg.grad_accum_steps {
             let (inp, tgt) = corpus.train_batch(cfg.seed, step, micro, cfg.batch_size)?;
-            let (st, g) = loss_and_grads(&params, &inp, &tgt, &cfg, cfg.gradient_checkpointing, &mut |p| tracker.begin(p))?;
+            let (st, g) = loss_and_grads(
+                &params,
+                &inp,
+                &tgt,
+                &cfg,
+                cfg.gradient_checkpointing,
+                &mut |p| tracker.begin(p),
+            )?;
             tracker.end();
             for (name, gt) in g {
                 let sum = match grads.remove(&name) {
@@ -124,7 +146,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 };
                 grads.insert(name, sum);
             }
-            for (s, v) in sums.iter_mut().zip([st.loss, st.aux_loss, st.ssm_fraction, st.router_prob, st.compression_rate]) {
+            for (s, v) in sums.iter_mut().zip([
+                st.loss,
+                st.aux_loss,
+                st.ssm_fraction,
+                st.router_prob,
+                st.compression_rate,
+            ]) {
                 *s += v / cfg.grad_accum_steps as f64;
             }
         }
@@ -145,12 +173,20 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         let [loss, aux, ssm, prob, rate] = sums;
         last_loss = loss;
         if !loss.is_finite() {
-            return Err(Error::request("training", format!("loss became {loss} at step {}", state.step)));
+            return Err(Error::request(
+                "training",
+                format!("loss became {loss} at step {}", state.step),
+            ));
         }
         let mem: serde_json::Map<String, serde_json::Value> = tracker
             .last
             .iter()
-            .map(|(k, m)| (k.clone(), json!({"peak_mib": mib(m.peak), "delta_mib": m.delta as f64 / 1048576.0})))
+            .map(|(k, m)| {
+                (
+                    k.clone(),
+                    json!({"peak_mib": mib(m.peak), "delta_mib": m.delta as f64 / 1048576.0}),
+                )
+            })
             .collect();
         log(json!({
             "step": state.step, "loss": loss, "ppl": loss.exp(), "lr": lr, "grad_norm": grad_norm,
@@ -159,22 +195,44 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             "compression_rate": rate, "memory": mem,
         }))?;
         bar.set_position(state.step as u64);
-        bar.set_message(format!("loss {loss:.3} ppl {:.1} {:.0} tok/s ssm {ssm:.2} comp {rate:.2}", loss.exp(), tokens_per_step as f64 / secs));
+        bar.set_message(format!(
+            "loss {loss:.3} ppl {:.1} {:.0} tok/s ssm {ssm:.2} comp {rate:.2}",
+            loss.exp(),
+            tokens_per_step as f64 / secs
+        ));
         let at_eval = opts.eval_every > 0 && state.step.is_multiple_of(opts.eval_every);
         if at_eval || state.step == total {
             let ppl = evaluation(&params, &corpus, &cfg)?;
             eval_ppl = Some(ppl);
             let best = state.best_eval_ppl.is_none_or(|b| ppl < b);
             log(json!({"step": state.step, "eval_loss": ppl.ln(), "eval_ppl": ppl, "best": best}))?;
-            bar.println(format!("step {}: eval ppl {ppl:.2}{}", state.step, if best { " (best)" } else { "" }));
+            bar.println(format!(
+                "step {}: eval ppl {ppl:.2}{}",
+                state.step,
+                if best { " (best)" } else { "" }
+            ));
             if best {
                 state.best_eval_ppl = Some(ppl);
-                checkpoint::save(&opts.out.join("best"), &cfg, &params, &opt, &state, tokenizer)?;
+                checkpoint::save(
+                    &opts.out.join("best"),
+                    &cfg,
+                    &params,
+                    &opt,
+                    &state,
+                    tokenizer,
+                )?;
             }
         }
     }
     bar.finish();
-    checkpoint::save(&opts.out.join("final"), &cfg, &params, &opt, &state, tokenizer)?;
+    checkpoint::save(
+        &opts.out.join("final"),
+        &cfg,
+        &params,
+        &opt,
+        &state,
+        tokenizer,
+    )?;
     Ok(TrainReport {
         steps: state.step,
         last_loss,
@@ -208,7 +266,9 @@ fn progress_bar(show: bool, total: usize, at: usize) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    ) {
         bar.set_style(style);
     }
     bar.set_position(at as u64);

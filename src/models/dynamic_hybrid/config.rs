@@ -364,10 +364,22 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let cases: [(&str, serde_json::Value); 6] = [
-            ("router_capacity", serde_json::json!({"router_capacity": 1.5})),
-            ("router_capacity", serde_json::json!({"router_capacity": -0.1})),
-            ("num_heads", serde_json::json!({"hidden_dim": 100, "num_heads": 12})),
-            ("compression_factor", serde_json::json!({"compression_factor": 0.5})),
+            (
+                "router_capacity",
+                serde_json::json!({"router_capacity": 1.5}),
+            ),
+            (
+                "router_capacity",
+                serde_json::json!({"router_capacity": -0.1}),
+            ),
+            (
+                "num_heads",
+                serde_json::json!({"hidden_dim": 100, "num_heads": 12}),
+            ),
+            (
+                "compression_factor",
+                serde_json::json!({"compression_factor": 0.5}),
+            ),
             ("seq_len", serde_json::json!({"seq_len": 4096})),
             ("hidden_dimm", serde_json::json!({"hidden_dimm": 4})),
         ];

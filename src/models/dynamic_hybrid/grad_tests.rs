@@ -41,7 +41,9 @@ fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     let mut s = seed.wrapping_add(99);
     let v: Vec<f64> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
         })
         .collect();
@@ -56,7 +58,10 @@ pub(crate) fn params(cfg: &DynamicHybridConfig) -> ParamStore {
         let dims = var.dims().to_vec();
         let t = if name.ends_with("state_importance") {
             rand(&dims, 1000 + i as u64, 1.5)
-        } else if name.ends_with("A_log") || name.ends_with("dt_bias") || name.ends_with("norm.weight") {
+        } else if name.ends_with("A_log")
+            || name.ends_with("dt_bias")
+            || name.ends_with("norm.weight")
+        {
             rand(&dims, 1000 + i as u64, 0.5).affine(1.0, 0.5).unwrap()
         } else {
             rand(&dims, 1000 + i as u64, 0.5)
@@ -72,17 +77,15 @@ fn scalar(t: &Tensor) -> f64 {
 
 /// Compares autograd's gradient of `f` for the named parameters and the input `x` with
 /// central differences at a few entries each.
-fn check(
-    p: &ParamStore,
-    x: &Var,
-    names: &[String],
-    f: &dyn Fn(&Weights, &Tensor) -> Tensor,
-) {
+fn check(p: &ParamStore, x: &Var, names: &[String], f: &dyn Fn(&Weights, &Tensor) -> Tensor) {
     let w = Weights::tracked(p, false);
     let g = f(&w, x.as_tensor()).backward().unwrap();
     let eval = || scalar(&f(&Weights::detached(p, false), &x.as_detached_tensor()));
     let eps = 1e-6;
-    let mut targets: Vec<(String, &Var)> = names.iter().map(|n| (n.clone(), p.var(n).unwrap())).collect();
+    let mut targets: Vec<(String, &Var)> = names
+        .iter()
+        .map(|n| (n.clone(), p.var(n).unwrap()))
+        .collect();
     targets.push(("input".into(), x));
     for (name, var) in targets {
         let analytic: Vec<f64> = match g.get(var.as_tensor()) {
@@ -96,11 +99,13 @@ fn check(
             let bump = |d: f64| {
                 let mut v = base.clone();
                 v[i] += d;
-                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
                 eval()
             };
             let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
-            var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
             let a = analytic[i];
             assert!(
                 (a - fd).abs() <= 1e-6 + 1e-5 * fd.abs().max(a.abs()),
@@ -139,7 +144,10 @@ fn ssm_path_and_compressor_backward_matches_finite_differences() {
     let cfg = tiny();
     let p = params(&cfg);
     let (_, _, kept) = compressor_gate(&Weights::detached(&p, false), "layers.0", &cfg).unwrap();
-    assert!(kept < cfg.ssm_d_state && kept >= cfg.min_kept_state(), "kept {kept}");
+    assert!(
+        kept < cfg.ssm_d_state && kept >= cfg.min_kept_state(),
+        "kept {kept}"
+    );
     check(&p, &input(&cfg, 3), &names(&cfg, ".ssm."), &|w, x| {
         let (gate, _, _) = compressor_gate(w, "layers.0", &cfg).unwrap();
         weighted_sum(&ssm_path(x, &gate, w, "layers.0", &cfg).unwrap(), 4)
@@ -222,7 +230,11 @@ fn model_loss_backward_matches_finite_differences_and_checkpointing() {
             let (s, _) = loss_and_grads(p, &inp, &tgt, &cfg, true, &mut |_| {}).unwrap();
             s.loss + s.aux_loss
         };
-        let mut which = vec!["embed_tokens.weight", "norm.weight", "layers.1.ssm.in_proj.weight"];
+        let mut which = vec![
+            "embed_tokens.weight",
+            "norm.weight",
+            "layers.1.ssm.in_proj.weight",
+        ];
         if !tie {
             which.push("lm_head.weight");
         }
@@ -235,11 +247,13 @@ fn model_loss_backward_matches_finite_differences_and_checkpointing() {
                 let at = |d: f64| {
                     let mut v = base.clone();
                     v[i] += d;
-                    var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap()).unwrap();
+                    var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+                        .unwrap();
                     total(&p)
                 };
                 let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-                var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
                 assert!(
                     (analytic[i] - fd).abs() <= 1e-6 + 1e-5 * fd.abs(),
                     "{name}[{i}] tie={tie}: {} vs {fd}",

@@ -6,8 +6,7 @@ use candle_core::{Device, Tensor, D};
 
 use super::config::DynamicHybridConfig;
 use super::ops::{
-    causal_attention, causal_conv, linear, rms_norm, selective_scan, sigmoid, softplus,
-    ScanArgs,
+    causal_attention, causal_conv, linear, rms_norm, selective_scan, sigmoid, softplus, ScanArgs,
 };
 use super::params::Weights;
 use super::routing::{kept_state_dims, RouterQuota};
@@ -86,11 +85,22 @@ pub fn compressor_gate(
 
 /// SSM path (§3): Mamba2 mixer whose B channels are scaled inside their SiLU by the
 /// compressor gate. `h` `[B, T, H]` → `[B, T, H]`.
-pub fn ssm_path(h: &Tensor, gate: &Tensor, w: &Weights, p: &str, cfg: &DynamicHybridConfig) -> Result<Tensor> {
+pub fn ssm_path(
+    h: &Tensor,
+    gate: &Tensor,
+    w: &Weights,
+    p: &str,
+    cfg: &DynamicHybridConfig,
+) -> Result<Tensor> {
     let m = format!("{p}.ssm");
     let get = |n: &str| w.get(&format!("{m}.{n}"));
     let (b, t, _) = h.dims3()?;
-    let (di, cd, nh, pd) = (cfg.d_inner(), cfg.conv_dim(), cfg.ssm_heads(), cfg.ssm_head_dim);
+    let (di, cd, nh, pd) = (
+        cfg.d_inner(),
+        cfg.conv_dim(),
+        cfg.ssm_heads(),
+        cfg.ssm_head_dim,
+    );
     let (g, n) = (cfg.ssm_n_groups, cfg.ssm_d_state);
     let proj = linear(h, &get("in_proj.weight")?, w.bf16)?;
     let z = proj.narrow(2, 0, di)?;
@@ -104,7 +114,10 @@ pub fn ssm_path(h: &Tensor, gate: &Tensor, w: &Weights, p: &str, cfg: &DynamicHy
         .reshape((b, t, g, n))?
         .broadcast_mul(gate)?
         .silu()?;
-    let cm = u.narrow(2, di + g * n, g * n)?.silu()?.reshape((b, t, g, n))?;
+    let cm = u
+        .narrow(2, di + g * n, g * n)?
+        .silu()?
+        .reshape((b, t, g, n))?;
     let dt = softplus(&dt_raw.broadcast_add(&get("dt_bias")?)?)?;
     let a = get("A_log")?.exp()?.neg()?;
     let d = get("D")?;
@@ -122,13 +135,22 @@ pub fn ssm_path(h: &Tensor, gate: &Tensor, w: &Weights, p: &str, cfg: &DynamicHy
     .reshape((b, t, di))?;
     // Gated RMSNorm per group: norm(y ⊙ silu(z)) (spec §4.3 step 7).
     let gated = (y * z.silu()?)?.reshape((b, t, g, di / g))?;
-    let normed = rms_norm(&gated, &get("norm.weight")?.reshape((g, di / g))?, cfg.rms_norm_eps)?
-        .reshape((b, t, di))?;
+    let normed = rms_norm(
+        &gated,
+        &get("norm.weight")?.reshape((g, di / g))?,
+        cfg.rms_norm_eps,
+    )?
+    .reshape((b, t, di))?;
     linear(&normed, &get("out_proj.weight")?, w.bf16)
 }
 
 /// Transformer path (§5): `a = MHA(h)`, `τ = a + FFN(norm(h + a))`.
-pub fn transformer_path(h: &Tensor, w: &Weights, p: &str, cfg: &DynamicHybridConfig) -> Result<Tensor> {
+pub fn transformer_path(
+    h: &Tensor,
+    w: &Weights,
+    p: &str,
+    cfg: &DynamicHybridConfig,
+) -> Result<Tensor> {
     let get = |n: &str| w.get(&format!("{p}.{n}"));
     let (b, t, _) = h.dims3()?;
     let (nh, nkv, hd) = (cfg.num_heads, cfg.kv_heads(), cfg.head_dim());
@@ -171,7 +193,11 @@ pub fn layer_forward(
     cfg: &DynamicHybridConfig,
 ) -> Result<(Tensor, LayerStats)> {
     let p = format!("layers.{l}");
-    let h = rms_norm(x, &w.get(&format!("{p}.input_norm.weight"))?, cfg.rms_norm_eps)?;
+    let h = rms_norm(
+        x,
+        &w.get(&format!("{p}.input_norm.weight"))?,
+        cfg.rms_norm_eps,
+    )?;
     let routing = router(&h, w, &p, cfg)?;
     let (gate, importance, kept) = compressor_gate(w, &p, cfg)?;
     let s = ssm_path(&h, &gate, w, &p, cfg)?;

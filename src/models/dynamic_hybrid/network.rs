@@ -40,7 +40,10 @@ impl ForwardStats {
         let n = layers.len().max(1) as f64;
         let mut aux = 0.0;
         for l in layers {
-            aux += l.aux.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            aux += l
+                .aux
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
         }
         let ssm = layers.iter().map(|l| l.ssm_fraction).sum::<f64>() / n;
         Ok(Self {
@@ -123,7 +126,11 @@ pub fn evaluate(
 /// Gradients of every parameter, by name.
 pub type Grads = HashMap<String, Tensor>;
 
-fn collect(params: &ParamStore, store: &candle_core::backprop::GradStore, into: &mut Grads) -> Result<()> {
+fn collect(
+    params: &ParamStore,
+    store: &candle_core::backprop::GradStore,
+    into: &mut Grads,
+) -> Result<()> {
     for (name, var, _) in params.iter() {
         if let Some(g) = store.get(var.as_tensor()) {
             let sum = match into.remove(name) {
@@ -174,7 +181,9 @@ pub fn loss_and_grads(
     phase("backward");
     // Head, then the layers in reverse, each recomputed with its graph.
     let wt = Weights::tracked(params, bf16);
-    let last = xs.pop().ok_or_else(|| Error::request("num_layers", "no layers"))?;
+    let last = xs
+        .pop()
+        .ok_or_else(|| Error::request("num_layers", "no layers"))?;
     let leaf = Var::from_tensor(&last)?;
     let ce = flat_loss(&head(leaf.as_tensor(), &wt, cfg)?, targets)?;
     stats.loss = ce.to_dtype(candle_core::DType::F64)?.to_scalar()?;
@@ -182,7 +191,9 @@ pub fn loss_and_grads(
     collect(params, &g, &mut grads)?;
     let mut upstream = grad_of(&g, &leaf)?;
     for l in (0..cfg.num_layers).rev() {
-        let input = xs.pop().ok_or_else(|| Error::request("num_layers", "no layers"))?;
+        let input = xs
+            .pop()
+            .ok_or_else(|| Error::request("num_layers", "no layers"))?;
         let leaf = Var::from_tensor(&input)?;
         let (y, st) = layer_forward(leaf.as_tensor(), &wt, l, cfg)?;
         let s = ((y * &upstream)?.sum_all()? + st.aux)?;

@@ -56,7 +56,10 @@ pub fn causal_conv(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let k = w.dim(1)?;
     let pad = Tensor::zeros((b, k - 1, c), x.dtype(), x.device())?;
     let xp = Tensor::cat(&[&pad, x], 1)?;
-    let mut out = bias.reshape((1, 1, c))?.broadcast_as((b, t, c))?.contiguous()?;
+    let mut out = bias
+        .reshape((1, 1, c))?
+        .broadcast_as((b, t, c))?
+        .contiguous()?;
     for tap in 0..k {
         let wk = w.narrow(1, tap, 1)?.reshape((1, 1, c))?;
         out = (out + xp.narrow(1, tap, t)?.broadcast_mul(&wk)?)?;
@@ -101,13 +104,19 @@ pub fn selective_scan(args: &ScanArgs, chunk: usize) -> Result<Tensor> {
     let mut start = 0;
     while start < t {
         let q = chunk.min(t - start);
-        let xc = args.x.narrow(1, start, q)?.permute((0, 2, 1, 3))?.contiguous()?; // [B,nH,q,P]
-        let dtc = args.dt.narrow(1, start, q)?.permute((0, 2, 1))?.contiguous()?; // [B,nH,q]
+        let xc = args
+            .x
+            .narrow(1, start, q)?
+            .permute((0, 2, 1, 3))?
+            .contiguous()?; // [B,nH,q,P]
+        let dtc = args
+            .dt
+            .narrow(1, start, q)?
+            .permute((0, 2, 1))?
+            .contiguous()?; // [B,nH,q]
         let bc = heads(&args.b.narrow(1, start, q)?, q)?.contiguous()?;
         let cc = heads(&args.c.narrow(1, start, q)?, q)?.contiguous()?;
-        let cs = dtc
-            .broadcast_mul(&args.a.reshape((1, nh, 1))?)?
-            .cumsum(2)?; // [B,nH,q], non-increasing
+        let cs = dtc.broadcast_mul(&args.a.reshape((1, nh, 1))?)?.cumsum(2)?; // [B,nH,q], non-increasing
         let seg = cs.unsqueeze(3)?.broadcast_sub(&cs.unsqueeze(2)?)?; // cs_i - cs_j
         let decay = masked_exp(&seg, q, dtype, &dev)?;
         let scores = cc.matmul(&bc.t()?)?; // [B,nH,q,q] C_i·B_j
@@ -140,10 +149,7 @@ fn masked_exp(seg: &Tensor, q: usize, dtype: DType, dev: &Device) -> Result<Tens
         .collect();
     let mask = Tensor::from_vec(mask, (q, q), dev)?.to_dtype(dtype)?;
     let off = mask.affine(1e4, -1e4)?; // 0 where kept, -1e4 above the diagonal
-    Ok(seg
-        .broadcast_mul(&mask)?
-        .broadcast_add(&off)?
-        .exp()?)
+    Ok(seg.broadcast_mul(&mask)?.broadcast_add(&off)?.exp()?)
 }
 
 /// Causal multi-head attention with GQA: `q` `[B, T, nh, hd]`, `k`/`v` `[B, T, nkv, hd]`.
@@ -161,7 +167,13 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     let (k, v) = (expand(k)?.contiguous()?, expand(v)?.contiguous()?);
     let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?;
     let mask: Vec<f64> = (0..t * t)
-        .map(|i| if i % t <= i / t { 0.0 } else { f64::NEG_INFINITY })
+        .map(|i| {
+            if i % t <= i / t {
+                0.0
+            } else {
+                f64::NEG_INFINITY
+            }
+        })
         .collect();
     let mask = Tensor::from_vec(mask, (t, t), q.device())?.to_dtype(q.dtype())?;
     let scores = scores.broadcast_add(&mask)?;
@@ -194,10 +206,14 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
         let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v: Vec<f64> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
             })
             .collect();

@@ -39,7 +39,12 @@ struct Spec {
 /// Every parameter of a model with this config, in checkpoint order.
 fn specs(cfg: &DynamicHybridConfig) -> Vec<Spec> {
     let (h, v, i) = (cfg.hidden_dim, cfg.vocab_size, cfg.ffn_dim);
-    let (di, cd, nh, k) = (cfg.d_inner(), cfg.conv_dim(), cfg.ssm_heads(), cfg.ssm_kernel_size);
+    let (di, cd, nh, k) = (
+        cfg.d_inner(),
+        cfg.conv_dim(),
+        cfg.ssm_heads(),
+        cfg.ssm_kernel_size,
+    );
     let kv = cfg.kv_heads() * cfg.head_dim();
     let std = 0.02;
     let out_std = 0.02 / (2.0 * cfg.num_layers as f64).sqrt();
@@ -52,37 +57,127 @@ fn specs(cfg: &DynamicHybridConfig) -> Vec<Spec> {
             decay,
         })
     };
-    add("embed_tokens.weight".into(), vec![v, h], Init::Normal(std), true);
+    add(
+        "embed_tokens.weight".into(),
+        vec![v, h],
+        Init::Normal(std),
+        true,
+    );
     for l in 0..cfg.num_layers {
         let p = format!("layers.{l}");
-        add(format!("{p}.input_norm.weight"), vec![h], Init::Const(1.0), false);
-        add(format!("{p}.router.weight"), vec![1, h], Init::Normal(std), true);
+        add(
+            format!("{p}.input_norm.weight"),
+            vec![h],
+            Init::Const(1.0),
+            false,
+        );
+        add(
+            format!("{p}.router.weight"),
+            vec![1, h],
+            Init::Normal(std),
+            true,
+        );
         add(format!("{p}.router.bias"), vec![1], Init::Const(0.0), false);
         let m = format!("{p}.ssm");
-        add(format!("{m}.in_proj.weight"), vec![cfg.in_proj_dim(), h], Init::Normal(std), true);
+        add(
+            format!("{m}.in_proj.weight"),
+            vec![cfg.in_proj_dim(), h],
+            Init::Normal(std),
+            true,
+        );
         let conv = Init::Uniform(1.0 / (k as f64).sqrt());
         add(format!("{m}.conv1d.weight"), vec![cd, 1, k], conv, false);
-        add(format!("{m}.conv1d.bias"), vec![cd], Init::Const(0.0), false);
+        add(
+            format!("{m}.conv1d.bias"),
+            vec![cd],
+            Init::Const(0.0),
+            false,
+        );
         add(format!("{m}.dt_bias"), vec![nh], Init::DtBias, false);
         add(format!("{m}.A_log"), vec![nh], Init::ALog, false);
         add(format!("{m}.D"), vec![nh], Init::Const(1.0), false);
-        add(format!("{m}.norm.weight"), vec![di], Init::Const(1.0), false);
-        add(format!("{m}.out_proj.weight"), vec![h, di], Init::Normal(out_std), true);
-        add(format!("{m}.state_importance"), vec![cfg.ssm_d_state], Init::Const(0.0), false);
+        add(
+            format!("{m}.norm.weight"),
+            vec![di],
+            Init::Const(1.0),
+            false,
+        );
+        add(
+            format!("{m}.out_proj.weight"),
+            vec![h, di],
+            Init::Normal(out_std),
+            true,
+        );
+        add(
+            format!("{m}.state_importance"),
+            vec![cfg.ssm_d_state],
+            Init::Const(0.0),
+            false,
+        );
         let a = format!("{p}.attn");
-        add(format!("{a}.q_proj.weight"), vec![h, h], Init::Normal(std), true);
-        add(format!("{a}.k_proj.weight"), vec![kv, h], Init::Normal(std), true);
-        add(format!("{a}.v_proj.weight"), vec![kv, h], Init::Normal(std), true);
-        add(format!("{a}.o_proj.weight"), vec![h, h], Init::Normal(out_std), true);
-        add(format!("{p}.ffn_norm.weight"), vec![h], Init::Const(1.0), false);
-        add(format!("{p}.ffn.input_linear.weight"), vec![2 * i, h], Init::Normal(std), true);
-        add(format!("{p}.ffn.output_linear.weight"), vec![h, i], Init::Normal(out_std), true);
+        add(
+            format!("{a}.q_proj.weight"),
+            vec![h, h],
+            Init::Normal(std),
+            true,
+        );
+        add(
+            format!("{a}.k_proj.weight"),
+            vec![kv, h],
+            Init::Normal(std),
+            true,
+        );
+        add(
+            format!("{a}.v_proj.weight"),
+            vec![kv, h],
+            Init::Normal(std),
+            true,
+        );
+        add(
+            format!("{a}.o_proj.weight"),
+            vec![h, h],
+            Init::Normal(out_std),
+            true,
+        );
+        add(
+            format!("{p}.ffn_norm.weight"),
+            vec![h],
+            Init::Const(1.0),
+            false,
+        );
+        add(
+            format!("{p}.ffn.input_linear.weight"),
+            vec![2 * i, h],
+            Init::Normal(std),
+            true,
+        );
+        add(
+            format!("{p}.ffn.output_linear.weight"),
+            vec![h, i],
+            Init::Normal(out_std),
+            true,
+        );
         let b = format!("{p}.bridge");
         // The gates start mostly closed (sigmoid(-2) = 0.12): each path begins on its own.
         for (gate, proj) in [("gate_s", "proj_t2s"), ("gate_t", "proj_s2t")] {
-            add(format!("{b}.{gate}.weight"), vec![h, 2 * h], Init::Normal(std), true);
-            add(format!("{b}.{gate}.bias"), vec![h], Init::Const(-2.0), false);
-            add(format!("{b}.{proj}.weight"), vec![h, h], Init::Normal(std), true);
+            add(
+                format!("{b}.{gate}.weight"),
+                vec![h, 2 * h],
+                Init::Normal(std),
+                true,
+            );
+            add(
+                format!("{b}.{gate}.bias"),
+                vec![h],
+                Init::Const(-2.0),
+                false,
+            );
+            add(
+                format!("{b}.{proj}.weight"),
+                vec![h, h],
+                Init::Normal(std),
+                true,
+            );
         }
     }
     add("norm.weight".into(), vec![h], Init::Const(1.0), false);

@@ -63,14 +63,20 @@ fn layer_is_mamba(g: &GraniteHybridConfig) -> Result<Vec<bool>> {
         return Ok(vec![true; g.num_hidden_layers]);
     };
     if names.len() != g.num_hidden_layers {
-        return Err(Error::config("layer_types", "length differs from num_hidden_layers"));
+        return Err(Error::config(
+            "layer_types",
+            "length differs from num_hidden_layers",
+        ));
     }
     names
         .iter()
         .map(|n| match n.as_str() {
             "mamba" | "linear_attention" => Ok(true),
             "attention" | "full_attention" => Ok(false),
-            other => Err(Error::config("layer_types", format!("unknown layer type `{other}`"))),
+            other => Err(Error::config(
+                "layer_types",
+                format!("unknown layer type `{other}`"),
+            )),
         })
         .collect()
 }
@@ -79,13 +85,19 @@ fn layer_is_mamba(g: &GraniteHybridConfig) -> Result<Vec<bool>> {
 pub fn config_from_granite(config: &serde_json::Value) -> Result<DynamicHybridConfig> {
     let g: GraniteHybridConfig = config_json::typed(config)?;
     if g.mamba_proj_bias || g.attention_bias {
-        return Err(Error::config("mamba_proj_bias", "projection biases cannot be transferred"));
+        return Err(Error::config(
+            "mamba_proj_bias",
+            "projection biases cannot be transferred",
+        ));
     }
     let d_head = match &g.mamba_d_head {
         serde_json::Value::String(s) if s == "auto" => {
             (g.mamba_expand * g.hidden_size) / g.mamba_n_heads.max(1)
         }
-        v => v.as_u64().map(|v| v as usize).ok_or_else(|| Error::config("mamba_d_head", "not an integer"))?,
+        v => v
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::config("mamba_d_head", "not an integer"))?,
     };
     let eos = match config.get("eos_token_id") {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
@@ -115,7 +127,10 @@ pub fn config_from_granite(config: &serde_json::Value) -> Result<DynamicHybridCo
         ..Default::default()
     };
     if g.head_dim.is_some_and(|hd| hd != cfg.head_dim()) {
-        return Err(Error::config("head_dim", "must equal hidden_size / num_attention_heads"));
+        return Err(Error::config(
+            "head_dim",
+            "must equal hidden_size / num_attention_heads",
+        ));
     }
     cfg.validate()?;
     Ok(cfg)
@@ -188,17 +203,30 @@ pub fn convert(granite: &Path, out: &Path, seed: u64) -> Result<TransferReport> 
             }
         }
     }
-    let mut dropped: Vec<String> = store.names().into_iter().filter(|n| !used.contains(*n)).map(String::from).collect();
+    let mut dropped: Vec<String> = store
+        .names()
+        .into_iter()
+        .filter(|n| !used.contains(*n))
+        .map(String::from)
+        .collect();
     dropped.sort();
     report.dropped = dropped;
     report.comparison = compare(&g, &mamba, &cfg);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("config.json");
-    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::request("config", e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&cfg).map_err(|e| Error::request("config", e.to_string()))?;
     std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
     let ordered: std::collections::BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    candle_core::safetensors::save(&ordered.into_iter().collect(), out.join("model.safetensors"))?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+    candle_core::safetensors::save(
+        &ordered.into_iter().collect(),
+        out.join("model.safetensors"),
+    )?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
         let src = granite.join(f);
         if src.is_file() {
             std::fs::copy(&src, out.join(f)).map_err(|e| Error::io(&src, e))?;
@@ -212,7 +240,10 @@ fn compare(g: &GraniteHybridConfig, mamba: &[bool], d: &DynamicHybridConfig) -> 
     let n_mamba = mamba.iter().filter(|m| **m).count();
     let n_attn = mamba.len() - n_mamba;
     let kv = d.kv_heads() * d.head_dim();
-    let ssm = d.in_proj_dim() * h + d.conv_dim() * (d.ssm_kernel_size + 1) + 3 * d.ssm_heads() + d.d_inner() * (1 + h);
+    let ssm = d.in_proj_dim() * h
+        + d.conv_dim() * (d.ssm_kernel_size + 1)
+        + 3 * d.ssm_heads()
+        + d.d_inner() * (1 + h);
     let attn = 2 * h * h + 2 * h * kv;
     let ffn = 3 * h * d.ffn_dim;
     let embed = d.vocab_size * h * if d.tie_word_embeddings { 1 } else { 2 };
@@ -228,16 +259,60 @@ fn compare(g: &GraniteHybridConfig, mamba: &[bool], d: &DynamicHybridConfig) -> 
     };
     let l = d.num_layers;
     vec![
-        row("layers", format!("{} ({n_mamba} Mamba2, {n_attn} attention)", mamba.len()), format!("{l} hybrid (SSM + Transformer path each)")),
-        row("embedding + head params", embed.to_string(), embed.to_string()),
-        row("SSM params", (n_mamba * ssm).to_string(), (l * ssm).to_string()),
-        row("attention params", (n_attn * attn).to_string(), (l * attn).to_string()),
-        row("feed-forward params (shared MLP)", (mamba.len() * ffn).to_string(), (l * ffn).to_string()),
-        row("MoE params", if g.num_local_experts > 0 { format!("{} experts/layer (not transferred)", g.num_local_experts) } else { "0".into() }, "0".into()),
+        row(
+            "layers",
+            format!("{} ({n_mamba} Mamba2, {n_attn} attention)", mamba.len()),
+            format!("{l} hybrid (SSM + Transformer path each)"),
+        ),
+        row(
+            "embedding + head params",
+            embed.to_string(),
+            embed.to_string(),
+        ),
+        row(
+            "SSM params",
+            (n_mamba * ssm).to_string(),
+            (l * ssm).to_string(),
+        ),
+        row(
+            "attention params",
+            (n_attn * attn).to_string(),
+            (l * attn).to_string(),
+        ),
+        row(
+            "feed-forward params (shared MLP)",
+            (mamba.len() * ffn).to_string(),
+            (l * ffn).to_string(),
+        ),
+        row(
+            "MoE params",
+            if g.num_local_experts > 0 {
+                format!("{} experts/layer (not transferred)", g.num_local_experts)
+            } else {
+                "0".into()
+            },
+            "0".into(),
+        ),
         row("bridge params", "0".into(), (l * bridge).to_string()),
-        row("router + compressor params", "0".into(), (l * (h + 1 + d.ssm_d_state)).to_string()),
-        row("total params", granite_params(g, mamba).to_string(), d.num_params().to_string()),
-        row("recurrent state per sequence", mib(n_mamba * state), format!("{} (before compression; up to {}x less)", mib(l * state + l), d.compression_factor)),
+        row(
+            "router + compressor params",
+            "0".into(),
+            (l * (h + 1 + d.ssm_d_state)).to_string(),
+        ),
+        row(
+            "total params",
+            granite_params(g, mamba).to_string(),
+            d.num_params().to_string(),
+        ),
+        row(
+            "recurrent state per sequence",
+            mib(n_mamba * state),
+            format!(
+                "{} (before compression; up to {}x less)",
+                mib(l * state + l),
+                d.compression_factor
+            ),
+        ),
         row("KV cache per token", kib(n_attn * kv_tok), kib(l * kv_tok)),
     ]
 }
