@@ -201,7 +201,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             tokens_per_step as f64 / secs
         ));
         let at_eval = opts.eval_every > 0 && state.step.is_multiple_of(opts.eval_every);
-        if at_eval || state.step == total {
+        if (at_eval || state.step == total) && corpus.num_eval() > 0 {
             let ppl = evaluation(&params, &corpus, &cfg)?;
             eval_ppl = Some(ppl);
             let best = state.best_eval_ppl.is_none_or(|b| ppl < b);
