@@ -2,4 +2,5 @@
 //! §4.3); faster versions must match it on random inputs within stated tolerances.
 
 pub mod cpu;
+pub mod ggml_math;
 pub mod reference;

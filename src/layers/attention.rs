@@ -14,6 +14,7 @@ use super::{from_vec, to_vec};
 use crate::cache::KvCache;
 use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
+use crate::kernels::ggml_math;
 use crate::loader::safetensors::WeightStore;
 
 /// Geometry and scaling of an attention layer.
@@ -66,6 +67,8 @@ pub struct Attention {
     v_proj: Linear,
     o_proj: Linear,
     qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// llama.cpp's softmax arithmetic (GGUF files), see [`ggml_math`].
+    ggml: bool,
 }
 
 impl Attention {
@@ -81,6 +84,12 @@ impl Attention {
         cfg: AttentionConfig,
         opts: AttentionOptions,
     ) -> Result<Self> {
+        let mut cfg = cfg;
+        let ggml = store.gguf().is_some();
+        if ggml {
+            // A GGUF file's reference engine is llama.cpp: rotate with its angles.
+            cfg.rope = cfg.rope.map(Rope::into_ggml_angles);
+        }
         let (h, q, kv) = (
             cfg.hidden_size,
             cfg.n_heads * cfg.head_dim,
@@ -108,6 +117,7 @@ impl Attention {
             qk_norm,
             cfg,
             opts,
+            ggml,
         })
     }
 
@@ -147,6 +157,7 @@ impl Attention {
             v_proj,
             o_proj,
             qk_norm: None,
+            ggml: false,
         })
     }
 
@@ -195,6 +206,11 @@ impl Attention {
         let group = nh / self.cfg.n_kv_heads;
         let scale = self.cfg.scale;
         let softcap = self.opts.logit_softcap;
+        let softmax = if self.ggml {
+            ggml_math::softmax_in_place
+        } else {
+            softmax_in_place
+        };
         let mut out = vec![0f32; tokens * qd];
         out.par_chunks_mut(hd)
             .enumerate()
@@ -214,7 +230,7 @@ impl Attention {
                         None => s,
                     }
                 }));
-                softmax_in_place(scores);
+                softmax(scores);
                 for (&p, &off) in scores.iter().zip(offsets) {
                     let vrow = &vstore[off + kv_off..off + kv_off + hd];
                     for (acc, vv) in o.iter_mut().zip(vrow) {

@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use super::linear::Linear;
 use super::{from_vec, silu, to_vec};
 use crate::error::{Error, Result};
+use crate::kernels::ggml_math;
 use crate::loader::safetensors::WeightStore;
 
 /// An MLP activation, by its transformers `ACT2FN` name.
@@ -75,6 +76,8 @@ pub struct GatedMlp {
     down: Linear,
     intermediate: usize,
     act: Activation,
+    /// llama.cpp's element-wise arithmetic (GGUF files), see [`ggml_math`].
+    ggml: bool,
 }
 
 impl GatedMlp {
@@ -102,6 +105,7 @@ impl GatedMlp {
             )?,
             intermediate,
             act: Activation::Silu,
+            ggml: store.gguf().is_some(),
         })
     }
 
@@ -141,13 +145,18 @@ impl GatedMlp {
             )?,
             intermediate,
             act,
+            ggml: store.gguf().is_some(),
         })
     }
 
     /// `[tokens, hidden] -> [tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gu = to_vec(&self.gate_up.forward(x)?)?;
-        let act = gated(&gu, self.intermediate, self.act);
+        let act = if self.ggml {
+            ggml_gated(&gu, self.intermediate, self.act)
+        } else {
+            gated(&gu, self.intermediate, self.act)
+        };
         let rows = act.len() / self.intermediate.max(1);
         self.down.forward(&from_vec(act, rows, self.intermediate)?)
     }
@@ -169,6 +178,21 @@ pub fn gated(gate_up: &[f32], intermediate: usize, act: Activation) -> Vec<f32> 
     for row in gate_up.chunks(2 * intermediate.max(1)) {
         let (gate, up) = row.split_at(intermediate.min(row.len()));
         out.extend(gate.iter().zip(up).map(|(g, u)| act.apply(*g) * u));
+    }
+    out
+}
+
+/// [`gated`] with llama.cpp's arithmetic for the activations it fuses (SwiGLU, GeGLU).
+pub fn ggml_gated(gate_up: &[f32], intermediate: usize, act: Activation) -> Vec<f32> {
+    let kernel = match act {
+        Activation::Silu => ggml_math::swiglu,
+        Activation::GeluTanh => ggml_math::geglu,
+        other => return gated(gate_up, intermediate, other),
+    };
+    let mut out = Vec::with_capacity(gate_up.len() / 2);
+    for row in gate_up.chunks(2 * intermediate.max(1)) {
+        let (gate, up) = row.split_at(intermediate.min(row.len()));
+        kernel(gate, up, &mut out);
     }
     out
 }

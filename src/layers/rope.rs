@@ -1,7 +1,9 @@
 //! Rotary position embedding, half-split (GPT-NeoX) layout: the first and second halves of
 //! each head form the rotated pairs. Angles are computed in f32 as transformers does.
 //! Frequency scaling (`linear`, `llama3`) is applied to the inverse frequencies once, at load,
-//! with transformers' f32 operation order (`modeling_rope_utils.py`).
+//! with transformers' f32 operation order (`modeling_rope_utils.py`). Models read from GGUF
+//! switch to llama.cpp's angle arithmetic ([`Rope::with_ggml_angles`]), which differs from
+//! transformers' by up to ~1e-3 rad at long positions.
 
 use crate::error::{Error, Result};
 use crate::loader::config_json::float_from_value;
@@ -11,6 +13,18 @@ use crate::loader::config_json::float_from_value;
 pub struct Rope {
     inv_freq: Vec<f32>,
     head_dim: usize,
+    theta: f64,
+    scaling: RopeScaling,
+    ggml: Option<GgmlAngles>,
+}
+
+/// llama.cpp's angle recurrence (`ggml_rope_cache_init`): `θ₀ = pos`, `θᵢ₊₁ = θᵢ · s` in f32
+/// with `s = powf(base, -2/dims)`, each angle times `freq_scale`. The rounding error of the
+/// running product grows with the pair index, so angles differ from `pos · inv_freq[i]`.
+#[derive(Debug, Clone, Copy)]
+struct GgmlAngles {
+    theta_scale: f32,
+    freq_scale: f32,
 }
 
 impl Rope {
@@ -19,18 +33,65 @@ impl Rope {
         let inv_freq = (0..head_dim / 2)
             .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
             .collect();
-        Self { inv_freq, head_dim }
+        Self {
+            inv_freq,
+            head_dim,
+            theta,
+            scaling: RopeScaling::None,
+            ggml: None,
+        }
     }
 
     /// RoPE with the inverse frequencies rescaled as `scaling` says.
     pub fn scaled(theta: f64, head_dim: usize, scaling: RopeScaling) -> Self {
         let mut rope = Self::new(theta, head_dim);
+        rope.scaling = scaling;
         match scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => rope.inv_freq.iter_mut().for_each(|f| *f /= factor),
             RopeScaling::Llama3(p) => rope.inv_freq.iter_mut().for_each(|f| *f = p.apply(*f)),
         }
         rope
+    }
+
+    /// The same rotation with llama.cpp's angle arithmetic, for GGUF files (whose reference
+    /// engine is llama.cpp). llama3 band scaling keeps transformers' angles: GGUF stores it as
+    /// a `rope_freqs` tensor, which the GGUF loader rejects.
+    pub fn into_ggml_angles(mut self) -> Self {
+        let factor = match self.scaling {
+            RopeScaling::None => 1.0f32,
+            RopeScaling::Linear { factor } => factor,
+            RopeScaling::Llama3(_) => return self,
+        };
+        self.ggml = Some(GgmlAngles {
+            theta_scale: (self.theta as f32).powf(-2.0f32 / self.head_dim as f32),
+            freq_scale: 1.0f32 / factor,
+        });
+        self
+    }
+
+    /// `(cos, sin)` of every pair's angle at `pos`.
+    fn angles(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        match self.ggml {
+            None => self
+                .inv_freq
+                .iter()
+                .map(|f| {
+                    let a = pos as f32 * f;
+                    (a.cos(), a.sin())
+                })
+                .unzip(),
+            Some(g) => {
+                let mut theta = pos as f32;
+                (0..self.inv_freq.len())
+                    .map(|_| {
+                        let a = g.freq_scale * theta;
+                        theta *= g.theta_scale;
+                        (a.cos(), a.sin())
+                    })
+                    .unzip()
+            }
+        }
     }
 
     /// The inverse frequency of each rotated pair.
@@ -41,14 +102,7 @@ impl Rope {
     /// Rotates every head of one token's `[n_heads * head_dim]` row for position `pos`.
     pub fn apply(&self, row: &mut [f32], pos: usize) {
         let half = self.head_dim / 2;
-        let (cos, sin): (Vec<f32>, Vec<f32>) = self
-            .inv_freq
-            .iter()
-            .map(|f| {
-                let a = pos as f32 * f;
-                (a.cos(), a.sin())
-            })
-            .unzip();
+        let (cos, sin) = self.angles(pos);
         for head in row.chunks_mut(self.head_dim) {
             let (lo, hi) = head.split_at_mut(half);
             for i in 0..half {

@@ -1,0 +1,175 @@
+//! llama.cpp's CPU arithmetic for the element-wise parts of a forward pass (softmax, SiLU,
+//! GeLU), used for GGUF files so that greedy tokens follow llama.cpp's on the same file. These
+//! are not more accurate than the plain versions (`layers::silu`, `attention::softmax_in_place`,
+//! `mlp::gelu_tanh`), only different in the last bits, and a quantized model amplifies last-bit
+//! differences: one activation that lands on the other side of a Q8 rounding step moves a
+//! logit by ~1e-2.
+//!
+//! What ggml does on an AVX-512 CPU (ggml-cpu/vec.h, vec.cpp, ops.cpp):
+//! - `ggml_v_expf`: a polynomial exp for whole 16-lane vectors; leftover lanes use libm `expf`.
+//! - SwiGLU: `silu(x) = x / (1 + exp(-x))` with that vector exp, times the up projection.
+//! - GeGLU: the tanh GeLU read from a table indexed by the f16 rounding of x.
+//! - softmax: vector exp, sum in f64 of per-vector sums, then a multiply by `(f32)(1/sum)`.
+
+use half::f16;
+
+const LANES: usize = 16;
+
+/// One lane of ggml's AVX-512 `ggml_v_expf` (max error ~1.5 ulp), op for op.
+#[inline]
+pub fn v_expf(x: f32) -> f32 {
+    let c = |bits: u32| f32::from_bits(bits);
+    let r = c(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(c(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    let u = b * b;
+    let j = c(0x3c07_2010)
+        .mul_add(b, c(0x3d2b_9f17))
+        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
+        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // `_mm512_scalef_ps(j, n)`: j·2ⁿ rounded once; exact in f64 for |n| ≤ 192.
+    (j as f64 * (n as f64).exp2()) as f32
+}
+
+/// `x / (1 + exp(-x))` with the vector exp (`ggml_v_silu`).
+#[inline]
+fn v_silu(x: f32) -> f32 {
+    x / (1.0 + v_expf(0.0 - x))
+}
+
+/// `x / (1 + expf(-x))` with libm's exp (`ggml_silu_f32`, the leftover lanes).
+#[inline]
+fn scalar_silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `out[i] = silu(gate[i]) · up[i]` as `ggml_vec_swiglu_f32`.
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
+    let whole = gate.len() / LANES * LANES;
+    for (i, (g, u)) in gate.iter().zip(up).enumerate() {
+        let s = if i < whole {
+            v_silu(*g)
+        } else {
+            scalar_silu(*g)
+        };
+        out.push(s * u);
+    }
+}
+
+/// ggml's tanh GeLU in f32 (`ggml_gelu_f32`), which fills the f16 table.
+fn gelu_f32(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// `ggml_table_gelu_f16`: GeLU of every f16 value, rounded to f16.
+fn gelu_table() -> &'static [f16] {
+    static TABLE: std::sync::OnceLock<Vec<f16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_f32(f16::from_bits(bits).to_f32())))
+            .collect()
+    })
+}
+
+/// `out[i] = gelu(gate[i]) · up[i]` as `ggml_vec_geglu_f32` (GGML_GELU_FP16 table lookup).
+pub fn geglu(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
+    let table = gelu_table();
+    for (g, u) in gate.iter().zip(up) {
+        let v = if *g <= -10.0 {
+            0.0
+        } else if *g >= 10.0 {
+            *g * u
+        } else {
+            table[f16::from_f32(*g).to_bits() as usize].to_f32() * u
+        };
+        out.push(v);
+    }
+}
+
+/// `_mm512_reduce_add_ps` as GCC expands it: halves added pairwise down to one lane.
+fn reduce_add16(v: &[f32; LANES]) -> f32 {
+    let t3: [f32; 8] = std::array::from_fn(|i| v[8 + i] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// Softmax over one row of attention scores as `ggml_compute_forward_soft_max_f32`. llama.cpp
+/// pads the key range to a multiple of 16 with masked (zero-probability) slots, so every real
+/// score goes through the vector exp, and the sum is taken over zero-padded 16-lane groups.
+pub fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for chunk in v.chunks_mut(LANES) {
+        let mut lanes = [0f32; LANES];
+        for (l, x) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *x = v_expf(*x - max);
+            *l = *x;
+        }
+        sum += reduce_add16(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for x in v.iter_mut() {
+        *x *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0u32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (v_expf(x), x.exp());
+            worst = worst.max((a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32);
+            x += 0.0137;
+        }
+        assert!(worst <= 2, "worst ulp distance {worst}");
+        assert_eq!(v_expf(-200.0), 0.0);
+        assert_eq!(v_expf(0.0), 1.0);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_matches_plain_softmax_closely() {
+        let mut v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+        let mut plain = v.clone();
+        crate::layers::attention::softmax_in_place(&mut plain);
+        softmax_in_place(&mut v);
+        let s: f32 = v.iter().sum();
+        assert!((s - 1.0).abs() < 1e-5);
+        for (a, b) in v.iter().zip(&plain) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gated_activations_match_their_definitions() {
+        let gate: Vec<f32> = (0..40).map(|i| i as f32 * 0.3 - 6.0).collect();
+        let up: Vec<f32> = (0..40).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let (mut s, mut g) = (Vec::new(), Vec::new());
+        swiglu(&gate, &up, &mut s);
+        geglu(&gate, &up, &mut g);
+        for i in 0..40 {
+            let want_s = crate::layers::silu(gate[i]) * up[i];
+            assert!((s[i] - want_s).abs() <= 1e-6 * want_s.abs().max(1.0));
+            // The f16 table keeps ~3 decimal digits.
+            let want_g = crate::layers::mlp::gelu_tanh(gate[i]) * up[i];
+            assert!(
+                (g[i] - want_g).abs() <= 2e-3 * want_g.abs().max(1e-2),
+                "{i}"
+            );
+        }
+        assert_eq!(
+            g[0],
+            gelu_table()[f16::from_f32(-6.0).to_bits() as usize].to_f32()
+        );
+    }
+}
