@@ -16,6 +16,7 @@ pub mod outputs;
 pub mod sampling_params;
 pub mod server;
 pub mod tokenizer;
+pub mod train;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -6,8 +6,10 @@ use clap::Parser;
 
 // Large per-step buffers (logits, activations) are freed and reallocated every step; glibc
 // returns them to the kernel and pays page faults plus zeroing each time, mimalloc reuses them.
+// The counting wrapper feeds `nanovllm train`'s memory tracker (two relaxed atomics per call).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: nanovllm::train::memory::CountingAlloc<mimalloc::MiMalloc> =
+    nanovllm::train::memory::CountingAlloc(mimalloc::MiMalloc);
 
 fn main() -> std::process::ExitCode {
     cli::init_logging();

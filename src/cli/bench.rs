@@ -32,8 +32,17 @@ enum Mode {
 #[derive(clap::Args)]
 pub struct Args {
     /// Model directory (not used by `--mode serve`).
-    #[arg(long, required_unless_present = "url")]
+    #[arg(long, required_unless_present_any = ["url", "compare"])]
     model: Option<PathBuf>,
+    /// Compare two models on the same inputs (params, forward time, memory scaling).
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    compare: Vec<PathBuf>,
+    /// Compare: sequence lengths of the memory-scaling table.
+    #[arg(long, value_delimiter = ',', default_values_t = [256usize, 512, 1024, 2048, 4096, 8192])]
+    scaling_lens: Vec<usize>,
+    /// Compare: longest length whose forward is also run and measured.
+    #[arg(long, default_value_t = 1024)]
+    measure_up_to: usize,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
     mode: Mode,
@@ -90,6 +99,18 @@ impl Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.compare.is_empty() {
+        let report = super::compare::run(&super::compare::CompareArgs {
+            models: &args.compare,
+            prompt_len: args.prompt_lens.first().copied().unwrap_or(512),
+            reps: args.reps.max(3),
+            lengths: &args.scaling_lens,
+            measure_up_to: args.measure_up_to,
+            seed: args.seed,
+        })?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     let report = match args.mode {
         Mode::Latency => latency(&args)?,
         Mode::Throughput => throughput(&args)?,

@@ -30,6 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|k| match k {
             LayerKind::Attention => 'A',
             LayerKind::Mamba => 'M',
+            LayerKind::Hybrid => 'H',
         })
         .collect();
     let attention_layers: Vec<usize> = info
@@ -69,14 +70,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
         println!("architecture        {}", info.architecture);
-        println!(
-            "layers              {} ({} mamba, {} attention at {:?})",
-            info.layer_kinds.len(),
-            info.layer_kinds.len() - attention_layers.len(),
-            attention_layers.len(),
-            attention_layers
-        );
-        println!("layer pattern       {pattern}  (M = Mamba2, A = attention)");
+        let hybrid = info
+            .layer_kinds
+            .iter()
+            .filter(|k| **k == LayerKind::Hybrid)
+            .count();
+        if hybrid > 0 {
+            println!("layers              {hybrid} hybrid (SSM + attention path each, routed)");
+        } else {
+            println!(
+                "layers              {} ({} mamba, {} attention at {:?})",
+                info.layer_kinds.len(),
+                info.layer_kinds.len() - attention_layers.len(),
+                attention_layers.len(),
+                attention_layers
+            );
+        }
+        println!("layer pattern       {pattern}  (M = Mamba2, A = attention, H = hybrid)");
         println!(
             "parameters          {} ({:.1}M)",
             info.num_params,

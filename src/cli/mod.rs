@@ -3,10 +3,13 @@
 mod bench;
 mod bench_serve;
 mod chat;
+mod compare;
+mod convert;
 mod engine_args;
 mod generate;
 mod info;
 mod serve;
+mod train;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +36,10 @@ enum Command {
     Bench(bench::Args),
     /// Serve an OpenAI-compatible HTTP API (completions, chat, tools, metrics).
     Serve(serve::Args),
+    /// Train a DynamicHybridModel from a JSON config on a text corpus.
+    Train(train::Args),
+    /// Initialise a DynamicHybridModel from a Granite 4.0-H checkpoint.
+    Convert(convert::Args),
 }
 
 /// Runs the parsed command.
@@ -41,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => a.threads(),
         Command::Bench(a) => a.threads(),
         Command::Chat(a) => a.threads(),
+        Command::Train(a) => a.threads(),
         _ => None,
     };
     nanovllm::llm::init_threads(threads);
@@ -51,6 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(a) => validate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Convert(a) => convert::run(a),
     }
 }
 

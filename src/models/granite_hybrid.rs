@@ -382,7 +382,8 @@ pub fn load(config: &serde_json::Value, store: &WeightStore) -> Result<Box<dyn M
                     r.attention.clone(),
                 )?)
             }
-            LayerKind::Mamba => {
+            // layer_kinds() never yields Hybrid (that is DynamicHybridModel's).
+            LayerKind::Mamba | LayerKind::Hybrid => {
                 specs.push(LayerCacheSpec::Recurrent(r.mamba.state_shape()));
                 Mixer::Mamba(Mamba2Mixer::load(store, &format!("{p}.mamba"), r.mamba)?)
             }

@@ -2,6 +2,7 @@
 //! shared layers; this module holds the [`Model`] trait and the table that maps a checkpoint's
 //! `architectures` / `model_type` to a loader.
 
+pub mod dynamic_hybrid;
 pub mod falcon;
 pub mod gemma3;
 pub mod gpt2;
@@ -30,6 +31,8 @@ pub enum LayerKind {
     Attention,
     /// A Mamba2 state-space mixer.
     Mamba,
+    /// Both, with per-token routing between them (DynamicHybridModel).
+    Hybrid,
 }
 
 /// Static facts about a loaded model.
@@ -84,6 +87,11 @@ const ARCHITECTURES: &[(&str, &str, Loader)] = &[
     ("GraniteForCausalLM", "granite", granite::load),
     ("GraniteMoeForCausalLM", "granitemoe", granite::load_moe),
     ("Gemma3ForCausalLM", "gemma3_text", gemma3::load),
+    (
+        dynamic_hybrid::config::ARCHITECTURE,
+        dynamic_hybrid::config::MODEL_TYPE,
+        dynamic_hybrid::load,
+    ),
 ];
 
 /// Loads a model directory (`config.json` + safetensors) or a `.gguf` file.
