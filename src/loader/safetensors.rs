@@ -168,14 +168,20 @@ impl SafetensorsFiles {
 
     /// Reads a tensor in its stored dtype (any dtype candle knows).
     pub fn raw(&self, name: &str) -> Result<Tensor> {
+        let (bytes, dtype, shape) = self.bytes(name)?;
+        let dtype = candle_dtype(dtype).ok_or_else(|| Error::DTypeMismatch {
+            name: name.into(),
+            expected: "a numeric dtype".into(),
+            got: format!("{dtype:?}"),
+        })?;
+        Ok(Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)?)
+    }
+
+    /// A tensor's stored bytes (little-endian, in the mapped file), dtype and shape.
+    pub fn bytes(&self, name: &str) -> Result<(&[u8], Dtype, &[usize])> {
         let (file, info) = self.info(name).ok_or_else(|| Error::MissingTensor {
             name: name.into(),
             file: self.origin.clone(),
-        })?;
-        let dtype = candle_dtype(info.dtype).ok_or_else(|| Error::DTypeMismatch {
-            name: name.into(),
-            expected: "a numeric dtype".into(),
-            got: format!("{:?}", info.dtype),
         })?;
         let (start, end) = info.data_offsets;
         let bytes = file
@@ -185,12 +191,7 @@ impl SafetensorsFiles {
                 file: file.path.clone(),
                 reason: format!("tensor `{name}` lies outside the file"),
             })?;
-        Ok(Tensor::from_raw_buffer(
-            bytes,
-            dtype,
-            &info.shape,
-            &Device::Cpu,
-        )?)
+        Ok((bytes, info.dtype, &info.shape))
     }
 
     /// Total bytes of tensor data in the checkpoint.
