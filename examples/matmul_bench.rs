@@ -80,7 +80,10 @@ fn main() -> candle_core::Result<()> {
                 let _ = xt.matmul(&wt.t().unwrap()).unwrap();
             });
             let ours = if m <= MAX_SKINNY_ROWS {
-                gflop / best_of(reps, || matmul_xwt(&x, m, k, WeightData::F32(&w), n, &mut y))
+                gflop
+                    / best_of(reps, || {
+                        matmul_xwt(&x, m, k, WeightData::F32(&w), n, &mut y)
+                    })
             } else {
                 f64::NAN
             };

@@ -354,7 +354,11 @@ mod tests {
         assert_eq!(m.dims(), vec![40, 7]);
         let ids = Tensor::from_vec(vec![39u32, 0, 5], 3, &Device::Cpu).unwrap();
         let got = m.rows(&ids).unwrap().to_vec2::<f32>().unwrap();
-        let want = dense.index_select(&ids, 0).unwrap().to_vec2::<f32>().unwrap();
+        let want = dense
+            .index_select(&ids, 0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(got, want);
         let sel = m.select_rows(&[3, 1]).unwrap();
         assert!(matches!(sel, Matrix::Bf16 { .. }));
@@ -387,7 +391,11 @@ mod tests {
                 .unwrap()
                 .matmul(&dense.t().unwrap())
                 .unwrap();
-            let want = if rows > MAX_SKINNY_ROWS { &rounded } else { &exact };
+            let want = if rows > MAX_SKINNY_ROWS {
+                &rounded
+            } else {
+                &exact
+            };
             let diff = (got - want)
                 .unwrap()
                 .abs()

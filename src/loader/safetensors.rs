@@ -174,7 +174,35 @@ impl SafetensorsFiles {
             expected: "a numeric dtype".into(),
             got: format!("{dtype:?}"),
         })?;
-        Ok(Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)?)
+        let t = Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)?;
+        self.release(name);
+        Ok(t)
+    }
+
+    /// Drops the mapped pages of a tensor that has been copied out from this process's
+    /// resident memory (they stay in the page cache), so loading a checkpoint does not hold
+    /// it twice: once mapped, once converted. Best effort; a later read maps them again.
+    pub fn release(&self, name: &str) {
+        let Some((file, info)) = self.info(name) else {
+            return;
+        };
+        let page = 4096;
+        let (start, end) = info.data_offsets;
+        // Whole pages inside the tensor only, so neighbours are untouched.
+        let first = (file.data_start + start).div_ceil(page) * page;
+        let last = (file.data_start + end) / page * page;
+        if last > first && last <= file.mmap.len() {
+            // SAFETY: a read-only shared file mapping; after MADV_DONTNEED a read faults the
+            // same file bytes back in, so no borrowed slice can observe a change.
+            #[cfg(unix)]
+            let _ = unsafe {
+                file.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    last - first,
+                )
+            };
+        }
     }
 
     /// A tensor's stored bytes (little-endian, in the mapped file), dtype and shape.

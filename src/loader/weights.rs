@@ -272,6 +272,7 @@ impl WeightStore {
                 })
                 .collect();
             self.count(out.iter().map(Matrix::storage_bytes).sum());
+            self.release(name);
             return Ok(out);
         }
         let all = self.f32(name, &shape)?;
@@ -300,6 +301,13 @@ impl WeightStore {
         Ok(Some(bytes))
     }
 
+    /// Drops the mapped pages of a safetensors tensor that has been copied out.
+    fn release(&self, name: &str) {
+        if let Backend::Safetensors(s) = &self.backend {
+            s.release(name);
+        }
+    }
+
     /// The activation rounding of a bf16 matrix under this store's precision; GGUF BF16
     /// weights round in every call, as llama.cpp does.
     fn bf16_rounding(&self, gguf: bool) -> Bf16Rounding {
@@ -323,10 +331,12 @@ impl WeightStore {
         to: Option<GgmlDType>,
     ) -> Result<Matrix> {
         if let Some(bytes) = self.bf16_bytes(name, &shape)? {
-            return Ok(Matrix::bf16(
+            let m = Matrix::bf16(
                 PackedBf16::from_le_bytes(bytes, shape[0], shape[1]),
                 self.bf16_rounding(false),
-            ));
+            );
+            self.release(name);
+            return Ok(m);
         }
         let dense = match &self.backend {
             Backend::Safetensors(s) => Matrix::dense(s.f32(name, &shape)?),

@@ -173,7 +173,10 @@ fn run(path: Path, act: Activations, x: &[f32], m: usize, w: &PackedBf16, y: &mu
                         // SAFETY: row `r0 + r < m`, columns `p*PANEL .. p*PANEL+cols <= n`:
                         // inside `y` (asserted above) and written by this panel's task only.
                         let dst = unsafe {
-                            std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + p * PANEL), cols)
+                            std::slice::from_raw_parts_mut(
+                                out.0.add((r0 + r) * n + p * PANEL),
+                                cols,
+                            )
                         };
                         if q0 == 0 {
                             dst.copy_from_slice(&vals[..cols]);
@@ -294,7 +297,11 @@ mod tests {
         for j in 0..n {
             w.row_f32(j, &mut row);
             for i in 0..m {
-                let d: f32 = x[i * k..(i + 1) * k].iter().zip(&row).map(|(a, b)| a * b).sum();
+                let d: f32 = x[i * k..(i + 1) * k]
+                    .iter()
+                    .zip(&row)
+                    .map(|(a, b)| a * b)
+                    .sum();
                 assert!((y[i * n + j] - d).abs() <= 1e-4 * (1.0 + d.abs()));
             }
         }

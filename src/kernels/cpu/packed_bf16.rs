@@ -53,8 +53,14 @@ impl PackedBf16 {
     /// Packs row-major little-endian bf16 bytes (`2 * rows * cols` of them), e.g. straight
     /// from a mapped checkpoint (no alignment needed).
     pub fn from_le_bytes(bytes: &[u8], rows: usize, cols: usize) -> Self {
-        assert_eq!(bytes.len(), 2 * rows * cols, "packing {rows}x{cols} bf16 bytes");
-        Self::pack(rows, cols, |i| u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]))
+        assert_eq!(
+            bytes.len(),
+            2 * rows * cols,
+            "packing {rows}x{cols} bf16 bytes"
+        );
+        Self::pack(rows, cols, |i| {
+            u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])
+        })
     }
 
     fn pack(rows: usize, cols: usize, bits: impl Fn(usize) -> u16 + Sync) -> Self {
@@ -179,13 +185,25 @@ mod tests {
                 .map(|&b| bf16_value(b))
                 .collect();
             assert_eq!(row, want);
-            assert_eq!(p.storage_bytes(), rows.div_ceil(PANEL) * PANEL * cols.div_ceil(2) * 4);
+            assert_eq!(
+                p.storage_bytes(),
+                rows.div_ceil(PANEL) * PANEL * cols.div_ceil(2) * 4
+            );
         }
     }
 
     #[test]
     fn rounding_matches_half() {
-        for v in [0.0f32, -0.0, 1.0, 1.00390625, 1.01171875, 3.4e38, -7.1e-39, f32::INFINITY] {
+        for v in [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.00390625,
+            1.01171875,
+            3.4e38,
+            -7.1e-39,
+            f32::INFINITY,
+        ] {
             assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
         }
         for i in 0..100_000u32 {
