@@ -132,7 +132,28 @@ fn main() -> candle_core::Result<()> {
             );
         }
     }
+    quantized()?;
     decode_sweep();
+    Ok(())
+}
+
+/// Q8_0 weights through the llama.cpp-exact kernel (activations quantized to Q8_0 per call).
+fn quantized() -> candle_core::Result<()> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    println!("{:>5} {:>6} {:>6} | {:>8}  GFLOP/s", "m", "k", "n", "q8_0");
+    for &(k, n) in &[(768usize, 3376usize), (2048, 768)] {
+        let w: Vec<f32> = (0..n * k).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+        let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
+        let q = QTensor::quantize(&wt, GgmlDType::Q8_0)?;
+        for &m in &[1usize, 16, 128, 512] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+            let gflop = 2.0 * (m * n * k) as f64 / 1e9;
+            let secs = best_of(3, || {
+                let _ = nanovllm::kernels::cpu::ggml_matmul::matmul_t(&q, &x, m).unwrap();
+            });
+            println!("{m:>5} {k:>6} {n:>6} | {:>8.1}", gflop / secs);
+        }
+    }
     Ok(())
 }
 

