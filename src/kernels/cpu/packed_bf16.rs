@@ -129,7 +129,7 @@ impl PackedBf16 {
         let (p, lane) = (r / PANEL, r % PANEL);
         let at = (p * self.pairs() + c / 2) * PANEL + lane;
         let v = self.lines[at / 16].0[at % 16];
-        if c % 2 == 0 {
+        if c.is_multiple_of(2) {
             v as u16
         } else {
             (v >> 16) as u16
@@ -198,8 +198,8 @@ mod tests {
             0.0f32,
             -0.0,
             1.0,
-            1.00390625,
-            1.01171875,
+            f32::from_bits(0x3F80_8000), // 1 + 2^-8: a tie, rounds to even (down)
+            f32::from_bits(0x3F81_8000), // 1 + 3·2^-8: a tie, rounds to even (up)
             3.4e38,
             -7.1e-39,
             f32::INFINITY,
