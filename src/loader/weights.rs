@@ -226,6 +226,7 @@ impl WeightStore {
             }
         };
         self.count(t.elem_count() * 4);
+        self.release(name);
         Ok(t)
     }
 
@@ -301,10 +302,15 @@ impl WeightStore {
         Ok(Some(bytes))
     }
 
-    /// Drops the mapped pages of a safetensors tensor that has been copied out.
+    /// Drops the mapped pages of a tensor that has been copied out.
     fn release(&self, name: &str) {
-        if let Backend::Safetensors(s) = &self.backend {
-            s.release(name);
+        match &self.backend {
+            Backend::Safetensors(s) => s.release(name),
+            Backend::Gguf(g) => {
+                if let Some(src) = g.names.get(name) {
+                    g.file.release(src);
+                }
+            }
         }
     }
 
@@ -321,6 +327,7 @@ impl WeightStore {
     fn read_matrix(&self, name: &str, shape: [usize; 2], to: Option<GgmlDType>) -> Result<Matrix> {
         let m = self.read_matrix_as_stored(name, shape, to)?;
         self.count(m.storage_bytes());
+        self.release(name);
         Ok(m)
     }
 

@@ -352,8 +352,9 @@ mod q8_0_avx2 {
         }
     }
 
-    /// `NC` weight rows from `first` against all `m` activation rows: each activation block is
-    /// loaded once for the `NC` rows.
+    /// `NC` weight rows from `first` against all `m` activation rows, in tiles of `TILE` rows:
+    /// each activation block is loaded once for the `NC` weight rows, and a tile's
+    /// accumulators stay in L1.
     #[inline(always)]
     unsafe fn columns<const NC: usize>(
         w: &[u8],
@@ -364,35 +365,40 @@ mod q8_0_avx2 {
         out: &mut [f32],
         m: usize,
     ) {
+        const TILE: usize = 16;
         let ones = _mm256_set1_epi16(1);
-        let mut accs = vec![[_mm256_setzero_ps(); NC]; m];
         let rows = &w[first * kb * BLOCK..(first + NC) * kb * BLOCK];
         let (wp, xp) = (rows.as_ptr(), xb.as_ptr());
-        for bi in 0..kb {
-            let mut qw = [_mm256_setzero_si256(); NC];
-            let mut dw = [0f32; NC];
-            for c in 0..NC {
-                let at = (c * kb + bi) * BLOCK;
-                dw[c] = f16_at(rows, at);
-                qw[c] = _mm256_loadu_si256(wp.add(at + 2) as *const __m256i);
-            }
-            for (i, acc) in accs.iter_mut().enumerate() {
-                // In bounds: `xb` holds `m * kb` blocks (caller), `dx` one per block.
-                let qx = _mm256_loadu_si256(xp.add((i * kb + bi) * BLOCK + 2) as *const __m256i);
-                let d_x = dx[i * kb + bi];
+        for i0 in (0..m).step_by(TILE) {
+            let tile = TILE.min(m - i0);
+            let mut accs = [[_mm256_setzero_ps(); NC]; TILE];
+            for bi in 0..kb {
+                let mut qw = [_mm256_setzero_si256(); NC];
+                let mut dw = [0f32; NC];
                 for c in 0..NC {
-                    let aw = _mm256_sign_epi8(qw[c], qw[c]);
-                    let pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw[c]));
-                    let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                    acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[c] * d_x), lanes, acc[c]);
+                    let at = (c * kb + bi) * BLOCK;
+                    dw[c] = f16_at(rows, at);
+                    qw[c] = _mm256_loadu_si256(wp.add(at + 2) as *const __m256i);
+                }
+                for (t, acc) in accs.iter_mut().enumerate().take(tile) {
+                    // In bounds: `xb` holds `m * kb` blocks (caller), `dx` one per block.
+                    let b = (i0 + t) * kb + bi;
+                    let qx = _mm256_loadu_si256(xp.add(b * BLOCK + 2) as *const __m256i);
+                    let d_x = dx[b];
+                    for c in 0..NC {
+                        let aw = _mm256_sign_epi8(qw[c], qw[c]);
+                        let pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw[c]));
+                        let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[c] * d_x), lanes, acc[c]);
+                    }
                 }
             }
-        }
-        for (i, acc) in accs.iter().enumerate() {
-            for c in 0..NC {
-                let mut a = [0f32; 8];
-                _mm256_storeu_ps(a.as_mut_ptr(), acc[c]);
-                out[c * m + i] = hsum8(&a);
+            for (t, acc) in accs.iter().enumerate().take(tile) {
+                for c in 0..NC {
+                    let mut a = [0f32; 8];
+                    _mm256_storeu_ps(a.as_mut_ptr(), acc[c]);
+                    out[c * m + i0 + t] = hsum8(&a);
+                }
             }
         }
     }
