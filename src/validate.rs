@@ -222,6 +222,19 @@ fn fresh_cache(
     Ok((cache, tables))
 }
 
+/// Logits `[rows · T, vocab]` of one batched full prefill of equal-length prompts (row-major,
+/// prompt after prompt): the first mode of [`validate`], for comparing two loads of one model.
+pub fn prefill_logits(model: &dyn Model, prompts: &[Vec<u32>]) -> Result<Vec<f32>> {
+    let t = prompts.first().map_or(0, |p| p.len());
+    let (mut cache, tables) = fresh_cache(model, prompts.len(), t.max(1))?;
+    let parts = prompts
+        .iter()
+        .enumerate()
+        .map(|(r, p)| (p.clone(), 0, r, tables[r].clone()))
+        .collect();
+    to_vec(&model.forward(&Batch::new(parts, LogitsRows::All), &mut cache)?)
+}
+
 /// Runs all four modes and compares them with the reference.
 pub fn validate(model: &dyn Model, reference: &Reference) -> Result<ValidationReport> {
     let vocab = model.info().vocab_size;

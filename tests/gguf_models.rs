@@ -315,6 +315,7 @@ fn quantize_at_load_time_stays_close_to_f32() {
         &dir,
         &LoadOptions {
             quantize: Some(Quantization::Q8_0),
+            ..LoadOptions::default()
         },
     )
     .unwrap();

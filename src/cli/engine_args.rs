@@ -36,13 +36,18 @@ pub struct EngineArgs {
     /// Quantize safetensors weights at load time: q8_0 or q4_k (GGUF files keep their types).
     #[arg(long)]
     pub quantize: Option<nanovllm::loader::Quantization>,
+    /// bf16 weights: `fast` rounds prefill activations to bf16 (as PyTorch and llama.cpp do;
+    /// decode stays exact), `exact` keeps every matmul in f32.
+    #[arg(long, default_value = "fast")]
+    pub matmul_precision: nanovllm::loader::MatmulPrecision,
 }
 
 impl EngineArgs {
-    /// Load-time options (`--quantize`).
+    /// Load-time options (`--quantize`, `--matmul-precision`).
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             quantize: self.quantize,
+            matmul_precision: self.matmul_precision,
         }
     }
 

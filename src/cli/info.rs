@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let model = nanovllm::models::load(&args.model)
+    let model = nanovllm::models::load_with(&args.model, &args.engine.load_options())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let info = model.info();
     let costs = model.cache_costs();
@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 g["tensor_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
             ),
             None => println!(
-                "weight memory       {:.1} MiB (f32)",
+                "weight memory       {:.1} MiB (bf16 matrices stay bf16, the rest f32)",
                 mib(info.weight_bytes)
             ),
         }

@@ -8,6 +8,7 @@ use super::mlp::swiglu;
 use super::{from_vec, to_vec};
 use crate::error::{Error, Result};
 use crate::loader::safetensors::WeightStore;
+use crate::loader::Matrix;
 
 /// Geometry of an MoE block.
 #[derive(Debug, Clone, Copy)]
@@ -26,10 +27,10 @@ pub struct MoeConfig {
 pub struct Moe {
     cfg: MoeConfig,
     router: Linear,
-    /// `[E, 2I, H]`, gate rows first.
-    gate_up: Tensor,
-    /// `[E, H, I]`.
-    down: Tensor,
+    /// Per expert `[2I, H]`, gate rows first.
+    gate_up: Vec<Matrix>,
+    /// Per expert `[H, I]`.
+    down: Vec<Matrix>,
 }
 
 impl Moe {
@@ -56,8 +57,8 @@ impl Moe {
         let (e, i, h) = (cfg.num_experts, cfg.intermediate, cfg.hidden);
         Ok(Self {
             router: Linear::load(store, &router, e, h, false)?,
-            gate_up: store.f32(&gate_up, &[e, 2 * i, h])?,
-            down: store.f32(&down, &[e, h, i])?,
+            gate_up: store.stacked_matrices(&gate_up, [e, 2 * i, h])?,
+            down: store.stacked_matrices(&down, [e, h, i])?,
             cfg,
         })
     }
@@ -86,9 +87,9 @@ impl Moe {
             }
             let ids = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
             let xe = x.index_select(&ids, 0)?;
-            let gu = to_vec(&xe.matmul(&self.gate_up.get(e)?.t()?)?)?;
+            let gu = to_vec(&self.gate_up[e].matmul_t(&xe)?)?;
             let act = from_vec(swiglu(&gu, intermediate), rows.len(), intermediate)?;
-            let y = to_vec(&act.matmul(&self.down.get(e)?.t()?)?)?;
+            let y = to_vec(&self.down[e].matmul_t(&act)?)?;
             for ((&t, &w), yrow) in rows.iter().zip(weights).zip(y.chunks(hidden)) {
                 let dst = &mut out[t as usize * hidden..(t as usize + 1) * hidden];
                 for (d, v) in dst.iter_mut().zip(yrow) {
@@ -101,7 +102,9 @@ impl Moe {
 
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
-        self.router.num_params() + self.gate_up.elem_count() + self.down.elem_count()
+        self.router.num_params()
+            + self.gate_up.iter().map(Matrix::elem_count).sum::<usize>()
+            + self.down.iter().map(Matrix::elem_count).sum::<usize>()
     }
 
     /// Checks `top_k` against the expert count.

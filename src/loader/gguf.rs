@@ -260,6 +260,29 @@ impl GgufFile {
         format!("{}.{suffix}", self.arch)
     }
 
+    /// Drops the mapped pages of `source`'s tensors once they have been copied out, so a
+    /// loaded model does not also keep the file resident (they stay in the page cache; a
+    /// later read maps them again). Whole pages inside each tensor only.
+    pub fn release(&self, source: &Source) {
+        const PAGE: usize = 4096;
+        for entry in source.parts.iter().filter_map(|p| self.tensors.get(p)) {
+            let first = entry.range.start.div_ceil(PAGE) * PAGE;
+            let last = entry.range.end / PAGE * PAGE;
+            if last > first && last <= self.mmap.len() {
+                // SAFETY: a read-only shared file mapping; after MADV_DONTNEED a read faults
+                // the same file bytes back in, so no borrowed slice can observe a change.
+                #[cfg(unix)]
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        first,
+                        last - first,
+                    )
+                };
+            }
+        }
+    }
+
     /// The raw stored bytes of one GGUF tensor.
     fn bytes(&self, entry: &TensorEntry) -> &[u8] {
         // Ranges were checked against the map length at open.

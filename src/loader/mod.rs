@@ -4,7 +4,8 @@
 pub mod config_json;
 pub mod gguf;
 pub mod gguf_map;
+pub mod matrix;
 pub mod safetensors;
 pub mod weights;
 
-pub use weights::{LoadOptions, Matrix, Quantization, WeightStore};
+pub use weights::{Bf16Rounding, LoadOptions, MatmulPrecision, Matrix, Quantization, WeightStore};

@@ -168,14 +168,48 @@ impl SafetensorsFiles {
 
     /// Reads a tensor in its stored dtype (any dtype candle knows).
     pub fn raw(&self, name: &str) -> Result<Tensor> {
+        let (bytes, dtype, shape) = self.bytes(name)?;
+        let dtype = candle_dtype(dtype).ok_or_else(|| Error::DTypeMismatch {
+            name: name.into(),
+            expected: "a numeric dtype".into(),
+            got: format!("{dtype:?}"),
+        })?;
+        let t = Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)?;
+        self.release(name);
+        Ok(t)
+    }
+
+    /// Drops the mapped pages of a tensor that has been copied out from this process's
+    /// resident memory (they stay in the page cache), so loading a checkpoint does not hold
+    /// it twice: once mapped, once converted. Best effort; a later read maps them again.
+    pub fn release(&self, name: &str) {
+        let Some((file, info)) = self.info(name) else {
+            return;
+        };
+        let page = 4096;
+        let (start, end) = info.data_offsets;
+        // Whole pages inside the tensor only, so neighbours are untouched.
+        let first = (file.data_start + start).div_ceil(page) * page;
+        let last = (file.data_start + end) / page * page;
+        if last > first && last <= file.mmap.len() {
+            // SAFETY: a read-only shared file mapping; after MADV_DONTNEED a read faults the
+            // same file bytes back in, so no borrowed slice can observe a change.
+            #[cfg(unix)]
+            let _ = unsafe {
+                file.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    last - first,
+                )
+            };
+        }
+    }
+
+    /// A tensor's stored bytes (little-endian, in the mapped file), dtype and shape.
+    pub fn bytes(&self, name: &str) -> Result<(&[u8], Dtype, &[usize])> {
         let (file, info) = self.info(name).ok_or_else(|| Error::MissingTensor {
             name: name.into(),
             file: self.origin.clone(),
-        })?;
-        let dtype = candle_dtype(info.dtype).ok_or_else(|| Error::DTypeMismatch {
-            name: name.into(),
-            expected: "a numeric dtype".into(),
-            got: format!("{:?}", info.dtype),
         })?;
         let (start, end) = info.data_offsets;
         let bytes = file
@@ -185,12 +219,7 @@ impl SafetensorsFiles {
                 file: file.path.clone(),
                 reason: format!("tensor `{name}` lies outside the file"),
             })?;
-        Ok(Tensor::from_raw_buffer(
-            bytes,
-            dtype,
-            &info.shape,
-            &Device::Cpu,
-        )?)
+        Ok((bytes, info.dtype, &info.shape))
     }
 
     /// Total bytes of tensor data in the checkpoint.

@@ -1,20 +1,23 @@
 //! [`WeightStore`]: the one weight source model files read, whatever is on disk. Tensors are
 //! asked for by their Hugging Face names; a safetensors checkpoint serves them as stored, a GGUF
 //! file through the name map of [`super::gguf`]. Projection and embedding matrices come back as a
-//! [`Matrix`], dense f32 or quantized (ggml blocks, run by candle's `QMatMul`), so quantized
-//! files are never dequantized as a whole. [`LoadOptions::quantize`] quantizes dense matrices at
-//! load time.
+//! [`Matrix`]: bf16 matrices stay bf16 (packed for the bf16 kernels), quantized ones stay ggml
+//! blocks, everything else is f32. [`LoadOptions::quantize`] quantizes matrices at load time.
+//! Small tensors (norms, biases, conv and SSM parameters) are always read as f32.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
+use safetensors::tensor::Dtype;
 
 use super::gguf::{self, GgufModel};
+pub use super::matrix::{Bf16Rounding, Matrix};
 use super::safetensors::SafetensorsFiles;
 use crate::error::{Error, Result};
-use crate::kernels::cpu::ggml_matmul;
+use crate::kernels::cpu::packed_bf16::PackedBf16;
 
 /// Load-time weight conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,197 +58,39 @@ impl std::str::FromStr for Quantization {
     }
 }
 
+/// How bf16 weight matrices multiply ([`Bf16Rounding`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// Activations stay f32 in every matmul: the f32 result up to summation order.
+    Exact,
+    /// Prefill GEMMs (more than 64 rows) round activations to bf16 for the bf16 dot-product
+    /// instructions, as PyTorch and llama.cpp do with bf16 weights; decode stays exact. BF16
+    /// GGUF weights round in every matmul, as llama.cpp does.
+    #[default]
+    Fast,
+}
+
+impl std::str::FromStr for MatmulPrecision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "exact" => Ok(MatmulPrecision::Exact),
+            "fast" => Ok(MatmulPrecision::Fast),
+            other => Err(Error::request(
+                "matmul_precision",
+                format!("unknown matmul precision `{other}` (supported: exact, fast)"),
+            )),
+        }
+    }
+}
+
 /// Options for [`crate::models::load_with`].
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Quantize dense projection/embedding matrices at load time.
     pub quantize: Option<Quantization>,
-}
-
-/// A `[rows, cols]` weight matrix used as `x · Wᵀ` (projections, tied heads) or by row
-/// (embeddings).
-#[derive(Clone)]
-pub enum Matrix {
-    /// f32 values. `round_input` mirrors llama.cpp for F16/BF16 GGUF weights, whose kernels
-    /// round the activations to the weight type before an f32-accumulated dot product.
-    Dense {
-        /// `[rows, cols]` f32.
-        weight: Tensor,
-        /// Round activations to this dtype first (F16/BF16 GGUF weights only).
-        round_input: Option<DType>,
-    },
-    /// ggml blocks; activations are quantized to the type's dot-product partner (Q8_0/Q8_1/
-    /// Q8_K) inside the kernel, as llama.cpp does.
-    Quantized(Arc<QTensor>),
-}
-
-impl Matrix {
-    /// A dense matrix.
-    pub fn dense(weight: Tensor) -> Self {
-        Matrix::Dense {
-            weight,
-            round_input: None,
-        }
-    }
-
-    /// `[rows, cols]`.
-    pub fn dims(&self) -> Vec<usize> {
-        match self {
-            Matrix::Dense { weight, .. } => weight.dims().to_vec(),
-            Matrix::Quantized(q) => q.shape().dims().to_vec(),
-        }
-    }
-
-    /// `x · Wᵀ` for `x: [tokens, cols]` → `[tokens, rows]`.
-    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Matrix::Dense {
-                weight,
-                round_input,
-            } => {
-                let x = match round_input {
-                    Some(dt) => x.to_dtype(*dt)?.to_dtype(DType::F32)?,
-                    None => x.clone(),
-                };
-                if let Some(y) = crate::kernels::cpu::matmul::skinny_matmul_t(&x, weight)? {
-                    return Ok(y);
-                }
-                Ok(x.matmul(&weight.t()?)?)
-            }
-            Matrix::Quantized(q) if ggml_matmul::supports(q.dtype()) => {
-                let (m, _) = x.dims2()?;
-                let n = q.shape().dims2()?.0;
-                let y = ggml_matmul::matmul_t(q, &x.flatten_all()?.to_vec1::<f32>()?, m)?;
-                Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
-            }
-            Matrix::Quantized(q) => {
-                let mm = QMatMul::QTensor(q.clone());
-                Ok(mm.forward(&x.contiguous()?)?)
-            }
-        }
-    }
-
-    /// Rows `ids` as `[ids, cols]` f32 (quantized rows are dequantized one by one).
-    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
-        match self {
-            Matrix::Dense { weight, .. } => Ok(weight.index_select(ids, 0)?),
-            Matrix::Quantized(q) => Ok(q.embedding(ids)?),
-        }
-    }
-
-    /// Rows `rows` (in that order) as a new matrix of the same kind; quantized rows are whole
-    /// runs of blocks, copied exactly.
-    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
-        let n = self.dims().first().copied().unwrap_or(0);
-        if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
-            return Err(Error::request(
-                "rows",
-                format!("row {bad} is out of range for {n} rows"),
-            ));
-        }
-        match self {
-            Matrix::Dense {
-                weight,
-                round_input,
-            } => {
-                let idx: Vec<u32> = rows
-                    .iter()
-                    .map(|&r| u32::try_from(r).unwrap_or(u32::MAX))
-                    .collect();
-                let idx = Tensor::from_vec(idx, rows.len(), &Device::Cpu)?;
-                Ok(Matrix::Dense {
-                    weight: weight.index_select(&idx, 0)?,
-                    round_input: *round_input,
-                })
-            }
-            Matrix::Quantized(q) => {
-                let (n, k) = q.shape().dims2()?;
-                let data = q.data()?;
-                let row_bytes = data.len() / n.max(1);
-                let mut out = Vec::with_capacity(rows.len() * row_bytes);
-                for &r in rows {
-                    out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
-                }
-                Ok(Matrix::Quantized(Arc::new(
-                    candle_core::quantized::ggml_file::qtensor_from_ggml(
-                        q.dtype(),
-                        &out,
-                        vec![rows.len(), k],
-                        &Device::Cpu,
-                    )?,
-                )))
-            }
-        }
-    }
-
-    /// `a`'s rows then `b`'s. Quantized matrices of one type are joined block-exactly; any
-    /// other mix falls back to dense f32.
-    pub fn concat_rows(a: &Matrix, b: &Matrix) -> Result<Matrix> {
-        match (a, b) {
-            (Matrix::Quantized(x), Matrix::Quantized(y))
-                if x.dtype() == y.dtype() && x.shape().dims().get(1) == y.shape().dims().get(1) =>
-            {
-                let (n1, k) = x.shape().dims2()?;
-                let (n2, _) = y.shape().dims2()?;
-                let mut data = x.data()?.into_owned();
-                data.extend_from_slice(&y.data()?);
-                Ok(Matrix::Quantized(Arc::new(
-                    candle_core::quantized::ggml_file::qtensor_from_ggml(
-                        x.dtype(),
-                        &data,
-                        vec![n1 + n2, k],
-                        &Device::Cpu,
-                    )?,
-                )))
-            }
-            (
-                Matrix::Dense {
-                    weight: x,
-                    round_input: rx,
-                },
-                Matrix::Dense {
-                    weight: y,
-                    round_input: ry,
-                },
-            ) if rx == ry => Ok(Matrix::Dense {
-                weight: Tensor::cat(&[x, y], 0)?,
-                round_input: *rx,
-            }),
-            _ => Ok(Matrix::dense(Tensor::cat(
-                &[a.to_dense()?, b.to_dense()?],
-                0,
-            )?)),
-        }
-    }
-
-    /// The whole matrix as f32 (dequantizing a quantized one).
-    pub fn to_dense(&self) -> Result<Tensor> {
-        match self {
-            Matrix::Dense { weight, .. } => Ok(weight.clone()),
-            Matrix::Quantized(q) => Ok(q.dequantize(&Device::Cpu)?),
-        }
-    }
-
-    /// Number of elements.
-    pub fn elem_count(&self) -> usize {
-        self.dims().iter().product()
-    }
-
-    /// Bytes held in memory.
-    pub fn storage_bytes(&self) -> usize {
-        match self {
-            Matrix::Dense { weight, .. } => weight.elem_count() * 4,
-            Matrix::Quantized(q) => q.storage_size_in_bytes(),
-        }
-    }
-
-    /// The ggml type of a quantized matrix.
-    pub fn quant_type(&self) -> Option<GgmlDType> {
-        match self {
-            Matrix::Dense { .. } => None,
-            Matrix::Quantized(q) => Some(q.dtype()),
-        }
-    }
+    /// How bf16 matrices multiply.
+    pub matmul_precision: MatmulPrecision,
 }
 
 enum Backend {
@@ -257,6 +102,9 @@ enum Backend {
 pub struct WeightStore {
     backend: Backend,
     quantize: Option<Quantization>,
+    precision: MatmulPrecision,
+    /// Bytes of every tensor and matrix handed out so far (what the model keeps in memory).
+    loaded: AtomicUsize,
 }
 
 impl WeightStore {
@@ -285,6 +133,8 @@ impl WeightStore {
         Self {
             backend,
             quantize: None,
+            precision: MatmulPrecision::default(),
+            loaded: AtomicUsize::new(0),
         }
     }
 
@@ -292,6 +142,23 @@ impl WeightStore {
     pub fn with_quantization(mut self, quantize: Option<Quantization>) -> Self {
         self.quantize = quantize;
         self
+    }
+
+    /// How bf16 matrices read from now on multiply.
+    pub fn with_precision(mut self, precision: MatmulPrecision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Bytes of all tensors and matrices read so far, as held in memory (f32 tensors at 4
+    /// bytes per value, matrices at their storage size). Model loaders read each weight once,
+    /// so after loading this is the model's weight memory.
+    pub fn loaded_bytes(&self) -> usize {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, bytes: usize) {
+        self.loaded.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The `config.json` equivalent of a GGUF file's metadata.
@@ -351,13 +218,16 @@ impl WeightStore {
 
     /// Reads a floating-point weight as f32, checking its shape.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        match &self.backend {
-            Backend::Safetensors(s) => s.f32(name, shape),
+        let t = match &self.backend {
+            Backend::Safetensors(s) => s.f32(name, shape)?,
             Backend::Gguf(g) => {
                 let src = g.names.get(name).ok_or_else(|| self.missing(name))?;
-                g.file.dequantize(name, src, shape)
+                g.file.dequantize(name, src, shape)?
             }
-        }
+        };
+        self.count(t.elem_count() * 4);
+        self.release(name);
+        Ok(t)
     }
 
     /// Reads a tensor in its stored dtype (GGUF tensors come back as f32).
@@ -387,7 +257,94 @@ impl WeightStore {
         self.read_matrix(name, shape, self.quantize.map(Quantization::embedding_type))
     }
 
+    /// `count` stacked `[rows, cols]` matrices stored as one `[count, rows, cols]` tensor (MoE
+    /// experts), one [`Matrix`] each: bf16 stays bf16, anything else is read as f32.
+    pub fn stacked_matrices(&self, name: &str, shape: [usize; 3]) -> Result<Vec<Matrix>> {
+        let [count, rows, cols] = shape;
+        if let Some(bytes) = self.bf16_bytes(name, &shape)? {
+            let per = 2 * rows * cols;
+            let rounding = self.bf16_rounding(false);
+            let out: Vec<Matrix> = (0..count)
+                .map(|e| {
+                    Matrix::bf16(
+                        PackedBf16::from_le_bytes(&bytes[e * per..(e + 1) * per], rows, cols),
+                        rounding,
+                    )
+                })
+                .collect();
+            self.count(out.iter().map(Matrix::storage_bytes).sum());
+            self.release(name);
+            return Ok(out);
+        }
+        let all = self.f32(name, &shape)?;
+        (0..count)
+            .map(|e| Ok(Matrix::dense(all.get(e)?.contiguous()?)))
+            .collect()
+    }
+
+    /// The stored bytes of a bf16 safetensors tensor of exactly `shape`, when the matrix is
+    /// to stay bf16 (no load-time quantization asked for).
+    fn bf16_bytes(&self, name: &str, shape: &[usize]) -> Result<Option<&[u8]>> {
+        let Backend::Safetensors(s) = &self.backend else {
+            return Ok(None);
+        };
+        if self.quantize.is_some() || s.dtype(name) != Some(Dtype::BF16) {
+            return Ok(None);
+        }
+        let (bytes, _, stored) = s.bytes(name)?;
+        if stored != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.into(),
+                expected: shape.to_vec(),
+                got: stored.to_vec(),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Drops the mapped pages of a tensor that has been copied out.
+    fn release(&self, name: &str) {
+        match &self.backend {
+            Backend::Safetensors(s) => s.release(name),
+            Backend::Gguf(g) => {
+                if let Some(src) = g.names.get(name) {
+                    g.file.release(src);
+                }
+            }
+        }
+    }
+
+    /// The activation rounding of a bf16 matrix under this store's precision; GGUF BF16
+    /// weights round in every call, as llama.cpp does.
+    fn bf16_rounding(&self, gguf: bool) -> Bf16Rounding {
+        match (self.precision, gguf) {
+            (MatmulPrecision::Exact, _) => Bf16Rounding::Never,
+            (MatmulPrecision::Fast, true) => Bf16Rounding::Always,
+            (MatmulPrecision::Fast, false) => Bf16Rounding::AboveSkinny,
+        }
+    }
+
     fn read_matrix(&self, name: &str, shape: [usize; 2], to: Option<GgmlDType>) -> Result<Matrix> {
+        let m = self.read_matrix_as_stored(name, shape, to)?;
+        self.count(m.storage_bytes());
+        self.release(name);
+        Ok(m)
+    }
+
+    fn read_matrix_as_stored(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        to: Option<GgmlDType>,
+    ) -> Result<Matrix> {
+        if let Some(bytes) = self.bf16_bytes(name, &shape)? {
+            let m = Matrix::bf16(
+                PackedBf16::from_le_bytes(bytes, shape[0], shape[1]),
+                self.bf16_rounding(false),
+            );
+            self.release(name);
+            return Ok(m);
+        }
         let dense = match &self.backend {
             Backend::Safetensors(s) => Matrix::dense(s.f32(name, &shape)?),
             Backend::Gguf(g) => {
@@ -396,14 +353,18 @@ impl WeightStore {
                     Some(GgmlDType::F32) | None => {
                         Matrix::dense(g.file.dequantize(name, src, &shape)?)
                     }
-                    Some(dt @ (GgmlDType::F16 | GgmlDType::BF16)) => Matrix::Dense {
+                    Some(GgmlDType::F16) => Matrix::Dense {
                         weight: g.file.dequantize(name, src, &shape)?,
-                        round_input: Some(if dt == GgmlDType::F16 {
-                            DType::F16
-                        } else {
-                            DType::BF16
-                        }),
+                        round_input: Some(candle_core::DType::F16),
                     },
+                    Some(GgmlDType::BF16) if to.is_none() => {
+                        let q = g.file.qtensor(name, src, &shape)?;
+                        return Ok(Matrix::bf16(
+                            PackedBf16::from_le_bytes(&q.data()?, shape[0], shape[1]),
+                            self.bf16_rounding(true),
+                        ));
+                    }
+                    Some(GgmlDType::BF16) => Matrix::dense(g.file.dequantize(name, src, &shape)?),
                     Some(_) => {
                         return Ok(Matrix::Quantized(Arc::new(
                             g.file.qtensor(name, src, &shape)?,

@@ -214,7 +214,7 @@ pub fn load(config: &serde_json::Value, store: &WeightStore) -> Result<Box<dyn M
         hidden_size: h,
         layer_kinds: vec![LayerKind::Attention; cfg.n_layer],
         num_params,
-        weight_bytes: num_params * std::mem::size_of::<f32>(),
+        weight_bytes: store.loaded_bytes(),
         max_position_embeddings: Some(cfg.n_positions),
         eos_token_ids: eos_ids(config),
     };

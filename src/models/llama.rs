@@ -310,7 +310,7 @@ impl LlamaStack {
             hidden_size: h,
             layer_kinds: vec![LayerKind::Attention; spec.num_layers],
             num_params,
-            weight_bytes: num_params * std::mem::size_of::<f32>(),
+            weight_bytes: store.loaded_bytes(),
             max_position_embeddings: spec.max_position_embeddings,
             eos_token_ids: eos_ids(config),
         };

@@ -192,7 +192,7 @@ pub fn load(config: &serde_json::Value, store: &WeightStore) -> Result<Box<dyn M
         hidden_size: h,
         layer_kinds: vec![LayerKind::Mamba; cfg.num_hidden_layers],
         num_params,
-        weight_bytes: num_params * std::mem::size_of::<f32>(),
+        weight_bytes: store.loaded_bytes(),
         max_position_embeddings: None,
         eos_token_ids: eos_ids(config),
     };

@@ -102,7 +102,9 @@ pub fn load(path: &Path) -> Result<Box<dyn Model>> {
 /// [`load`] with load-time options (e.g. quantizing safetensors weights).
 pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Box<dyn Model>> {
     let (config, store) = open(path)?;
-    let store = store.with_quantization(options.quantize);
+    let store = store
+        .with_quantization(options.quantize)
+        .with_precision(options.matmul_precision);
     let loader = pick_loader(&config)?;
     loader(&config, &store)
 }

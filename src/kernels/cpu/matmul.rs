@@ -196,6 +196,13 @@ pub fn skinny_matmul_t(
     if m > MAX_SKINNY_ROWS || k != kw || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
         return Ok(None);
     }
+    // Without AVX-512 the kernel is the scalar reference, 10-50x slower than candle's GEMM.
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return Ok(None);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    return Ok(None);
     let (storage, layout) = w.storage_and_layout();
     let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
         return Ok(None);

@@ -1,5 +1,8 @@
 //! Hand-written CPU kernels, each tested against its plain twin in `kernels::reference` or in
 //! its own module.
 
+pub mod bf16_matmul;
+pub mod bf16_tiles;
 pub mod ggml_matmul;
 pub mod matmul;
+pub mod packed_bf16;
