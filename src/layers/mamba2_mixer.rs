@@ -4,16 +4,20 @@
 //! cached tokens starts from zero state whatever the slot held before.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::linear::Linear;
-use super::norm::GatedRmsNorm;
+use super::norm::rms_normalize;
 use super::{from_vec, to_vec};
 use crate::cache::{StateCache, StateShape};
 use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
-use crate::kernels::reference::{
-    causal_conv1d_silu, softplus, ssm_scan_batch, ScanDims, ScanInputs,
-};
+use crate::kernels::conv1d::{conv1d_silu_rows, tap_major};
+use crate::kernels::fast_math::silu;
+use crate::kernels::reference::ScanDims;
+use crate::kernels::scan_layout::RowLayout;
+use crate::kernels::ssd::{ssd_scan_batch, SeqRows};
+use crate::kernels::ssm_step::{activate_dt, mamba2_step_batch, StepParams};
 use crate::loader::config_json::float_from_value;
 use crate::loader::safetensors::WeightStore;
 
@@ -81,16 +85,22 @@ pub fn time_step_limit(limit: Option<&[serde_json::Value]>) -> Result<(f32, f32)
     }
 }
 
+/// Tokens per chunk of the SSD prefill scan. Numerics only (spec §4.4); smaller than the
+/// checkpoints' `chunk_size` (256) because the intra-chunk term costs `chunk·P` per token and
+/// head on a CPU, while the state terms cost `2·N·P` whatever the chunk.
+const SSD_CHUNK: usize = 64;
+
 /// A Mamba2 mixer's weights.
 pub struct Mamba2Mixer {
     cfg: Mamba2Config,
     in_proj: Linear,
+    /// Tap-major `[K, conv_dim]`.
     conv_weight: Vec<f32>,
     conv_bias: Vec<f32>,
     dt_bias: Vec<f32>,
     a: Vec<f32>,
     d: Vec<f32>,
-    norm: GatedRmsNorm,
+    norm_weight: Vec<f32>,
     out_proj: Linear,
 }
 
@@ -116,7 +126,7 @@ impl Mamba2Mixer {
                 h,
                 cfg.proj_bias,
             )?,
-            conv_weight: vec("conv1d.weight", &[cd, 1, k])?,
+            conv_weight: tap_major(&vec("conv1d.weight", &[cd, 1, k])?, k),
             conv_bias: if cfg.conv_bias {
                 vec("conv1d.bias", &[cd])?
             } else {
@@ -125,92 +135,149 @@ impl Mamba2Mixer {
             dt_bias: vec("dt_bias", &[nh])?,
             a: a_log.iter().map(|v| -v.exp()).collect(),
             d: vec("D", &[nh])?,
-            norm: GatedRmsNorm::load(
-                store,
-                &format!("{prefix}.norm.weight"),
-                di,
-                cfg.n_groups,
-                cfg.norm_eps,
-            )?,
+            norm_weight: vec("norm.weight", &[di])?,
             out_proj: Linear::load(store, &format!("{prefix}.out_proj"), h, di, cfg.proj_bias)?,
             cfg,
         })
+    }
+
+    fn dims(&self) -> ScanDims {
+        ScanDims {
+            n_heads: self.cfg.n_heads,
+            head_dim: self.cfg.head_dim,
+            d_state: self.cfg.d_state,
+            n_groups: self.cfg.n_groups,
+        }
     }
 
     /// `[tokens, hidden] -> [tokens, hidden]`, advancing each sequence's state slot.
     pub fn forward(&self, x: &Tensor, batch: &Batch, cache: &mut StateCache) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         let cfg = &self.cfg;
-        let (di, cd, nh) = (cfg.d_inner(), cfg.conv_dim(), cfg.n_heads);
-        let width = di + cd + nh;
-        let proj = to_vec(&self.in_proj.forward(x)?)?;
-
-        let mut z = Vec::with_capacity(tokens * di);
-        let mut xbc = Vec::with_capacity(tokens * cd);
-        let mut dt = Vec::with_capacity(tokens * nh);
-        for row in proj.chunks(width) {
-            z.extend_from_slice(&row[..di]);
-            xbc.extend_from_slice(&row[di..di + cd]);
-            // spec §4.3 step 4; the clamp is applied on every path (see docs/architecture.md).
-            dt.extend(
-                row[di + cd..]
-                    .iter()
-                    .zip(&self.dt_bias)
-                    .map(|(v, b)| softplus(v + b).clamp(cfg.dt_limit.0, cfg.dt_limit.1)),
-            );
-        }
-
-        let mut conv_out = vec![0f32; tokens * cd];
-        let mut y = vec![0f32; tokens * di];
+        let (di, nh) = (cfg.d_inner(), cfg.n_heads);
+        let layout = RowLayout::in_proj(di, cfg.n_groups * cfg.d_state, nh);
+        // The projection rows are the kernels' working buffer: conv and dt are activated in
+        // place and the scan reads x, B, C, dt and the gate z from them.
+        let mut rows = to_vec(&self.in_proj.forward(x)?)?;
         let slots: Vec<usize> = batch.seqs.iter().map(|s| s.state_slot).collect();
-        let (conv_states, mut ssm_states): (Vec<_>, Vec<_>) =
-            cache.slots_mut(&slots)?.into_iter().unzip();
-        for ((s, conv_state), ssm_state) in batch
-            .seqs
-            .iter()
-            .zip(conv_states)
-            .zip(ssm_states.iter_mut())
-        {
+        let mut states = cache.slots_mut(&slots)?;
+        for (s, (conv, ssm)) in batch.seqs.iter().zip(states.iter_mut()) {
             if s.past_len == 0 {
-                conv_state.fill(0.0);
-                ssm_state.fill(0.0);
+                conv.fill(0.0);
+                ssm.fill(0.0);
             }
-            let rows = s.start * cd..(s.start + s.len) * cd;
-            causal_conv1d_silu(
-                &xbc[rows.clone()],
-                conv_state,
-                &self.conv_weight,
-                &self.conv_bias,
-                cfg.d_conv,
-                &mut conv_out[rows],
-            );
         }
-        let inputs: Vec<ScanInputs> = batch
+        let decode = batch
             .seqs
             .iter()
-            .map(|s| ScanInputs {
-                xbc: &conv_out[s.start * cd..(s.start + s.len) * cd],
-                dt: &dt[s.start * nh..(s.start + s.len) * nh],
+            .enumerate()
+            .all(|(i, s)| s.len == 1 && s.start == i);
+        let mut y = vec![0f32; tokens * di];
+        if decode {
+            let params = StepParams {
+                conv_weight: &self.conv_weight,
+                conv_bias: &self.conv_bias,
+                dt_bias: &self.dt_bias,
+                dt_limit: cfg.dt_limit,
                 a: &self.a,
                 d: &self.d,
+            };
+            mamba2_step_batch(&mut rows, layout, self.dims(), params, states, &mut y);
+            self.gate_and_norm(&mut y, &rows, layout);
+        } else {
+            let seqs = self.prefill_rows(&mut rows, layout, batch, &mut states);
+            let ssm = states.into_iter().map(|(_, ssm)| ssm).collect();
+            let mut heads = vec![0f32; tokens * di];
+            ssd_scan_batch(
+                &rows,
+                layout,
+                &seqs,
+                self.dims(),
+                &self.a,
+                &self.d,
+                SSD_CHUNK,
+                ssm,
+                &mut heads,
+            );
+            // The scan writes each sequence head-major; gather into token rows.
+            let p = cfg.head_dim;
+            for s in &seqs {
+                let src = &heads[s.start * di..(s.start + s.len) * di];
+                let dst = &mut y[s.start * di..(s.start + s.len) * di];
+                for (h, yh) in src.chunks(s.len * p).enumerate() {
+                    for (t, v) in yh.chunks(p).enumerate() {
+                        dst[t * di + h * p..t * di + (h + 1) * p].copy_from_slice(v);
+                    }
+                }
+            }
+            self.gate_and_norm(&mut y, &rows, layout);
+        }
+        self.out_proj.forward(&from_vec(y, tokens, di)?)
+    }
+
+    /// Conv + SiLU and dt activation of every sequence's rows, in place, in parallel over
+    /// sequences; returns the sequences' row ranges for the scan.
+    fn prefill_rows(
+        &self,
+        rows: &mut [f32],
+        layout: RowLayout,
+        batch: &Batch,
+        states: &mut [(&mut [f32], &mut [f32])],
+    ) -> Vec<SeqRows> {
+        let seqs: Vec<SeqRows> = batch
+            .seqs
+            .iter()
+            .map(|s| SeqRows {
+                start: s.start,
+                len: s.len,
             })
             .collect();
-        let mut ys = Vec::with_capacity(batch.seqs.len());
-        let mut rest = y.as_mut_slice();
-        for s in &batch.seqs {
-            let (head, tail) = rest.split_at_mut(s.len * di);
-            ys.push(head);
+        // One disjoint slice of rows per sequence (spans are consecutive and in order).
+        let mut pieces = Vec::with_capacity(seqs.len());
+        let mut rest = rows;
+        let mut at = 0;
+        for s in &seqs {
+            let (_, tail) = rest.split_at_mut((s.start - at) * layout.stride);
+            let (mine, tail) = tail.split_at_mut(s.len * layout.stride);
+            pieces.push(mine);
             rest = tail;
+            at = s.start + s.len;
         }
-        let dims = ScanDims {
-            n_heads: nh,
-            head_dim: cfg.head_dim,
-            d_state: cfg.d_state,
-            n_groups: cfg.n_groups,
-        };
-        ssm_scan_batch(&inputs, dims, ssm_states, ys);
-        self.norm.forward_in_place(&mut y, &z);
-        self.out_proj.forward(&from_vec(y, tokens, di)?)
+        let cd = self.conv_bias.len();
+        pieces
+            .into_par_iter()
+            .zip(states.par_iter_mut())
+            .for_each(|(piece, (conv, _))| {
+                conv1d_silu_rows(
+                    piece,
+                    layout.stride,
+                    layout.x,
+                    piece.len() / layout.stride,
+                    conv,
+                    &self.conv_weight,
+                    &self.conv_bias[..cd],
+                );
+                activate_dt(piece, layout, &self.dt_bias, self.cfg.dt_limit);
+            });
+        seqs
+    }
+
+    /// Gated RMSNorm (spec §4.3 step 7): `y ⊙ silu(z)`, normalised per group, in place, in
+    /// parallel over tokens.
+    fn gate_and_norm(&self, y: &mut [f32], rows: &[f32], layout: RowLayout) {
+        let di = self.cfg.d_inner();
+        let group = di / self.cfg.n_groups;
+        let eps = self.cfg.norm_eps as f32;
+        y.par_chunks_mut(di)
+            .zip(rows.par_chunks(layout.stride))
+            .for_each(|(yr, row)| {
+                for (v, z) in yr.iter_mut().zip(&row[..di]) {
+                    *v *= silu(*z);
+                }
+                for (g, w) in yr.chunks_mut(group).zip(self.norm_weight.chunks(group)) {
+                    rms_normalize(g, w, eps);
+                }
+            });
     }
 
     /// Number of parameters.
@@ -225,7 +292,7 @@ impl Mamba2Mixer {
             + self.dt_bias.len()
             + self.a.len()
             + self.d.len()
-            + self.norm.num_params()
+            + self.norm_weight.len()
             + self.out_proj.num_params()
     }
 }
