@@ -354,7 +354,10 @@ mod tests {
                     }
                 }
             }
-            assert!(worst < 2e-5, "y: {dims:?} lens {lens:?} chunk {chunk}: {worst}");
+            assert!(
+                worst < 2e-5,
+                "y: {dims:?} lens {lens:?} chunk {chunk}: {worst}"
+            );
             for (g, w) in states[i].iter().zip(&ref_state) {
                 assert!(
                     (g - w).abs() <= 2e-5 * w.abs().max(1.0),
