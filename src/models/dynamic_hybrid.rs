@@ -346,7 +346,7 @@ pub fn load_typed(config: &serde_json::Value, store: &WeightStore) -> Result<Dyn
         hidden_size: h,
         layer_kinds: vec![LayerKind::Hybrid; cfg.num_layers],
         num_params,
-        weight_bytes: num_params * std::mem::size_of::<f32>(),
+        weight_bytes: store.loaded_bytes(),
         max_position_embeddings: Some(cfg.max_seq_len),
         eos_token_ids: eos_ids(config),
     };
