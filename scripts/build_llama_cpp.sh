@@ -29,12 +29,12 @@ fi
 # The python bindings import these; install them as wheels.
 python3 -m pip install -q numpy typing_extensions diskcache jinja2 sentencepiece "protobuf<6" 2>/dev/null || true
 
-if [ ! -x build/bin/llama-quantize ] || [ ! -f build/bin/libllama.so ]; then
+if [ ! -x build/bin/llama-quantize ] || [ ! -x build/bin/llama-bench ] || [ ! -x build/bin/llama-batched-bench ] || [ ! -f build/bin/libllama.so ]; then
     command -v cmake >/dev/null || python3 -m pip install -q cmake ninja
     cmake -S src/vendor/llama.cpp -B build -G Ninja \
         -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
         -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_OPENSSL=OFF
-    cmake --build build -j "$(nproc)" --target llama llama-quantize
+    cmake --build build -j "$(nproc)" --target llama llama-quantize llama-bench llama-batched-bench
 fi
 echo "llama.cpp ready in $HOME_DIR ($(cd src/vendor/llama.cpp && git log -1 --format=%h 2>/dev/null || echo "sdist $VERSION"))"
