@@ -167,6 +167,14 @@ fn latency(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut llm = load(args, cfg)?;
     let v = vocab(&mut llm);
     let mut rng = StdRng::seed_from_u64(args.seed);
+    // One short untimed request first (as llama-bench warms up): it faults in the weights and
+    // the allocator's pools so the first timed run is not a cold start.
+    let warm = Prompt::Tokens(random_prompt(&mut rng, v, 32));
+    let warm_params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(4)
+    };
+    llm.generate(&[warm], &[warm_params], false)?.remove(0)?;
     let mut rows = Vec::new();
     for &len in &args.prompt_lens {
         let mut best = Duration::MAX;
@@ -255,11 +263,21 @@ fn throughput(args: &Args) -> anyhow::Result<serde_json::Value> {
             .iter()
             .filter_map(|o| o.metrics.decode_tokens_per_s.map(|t| 1.0 / t))
             .collect();
+        // The decode phase as llama-batched-bench times it: from the moment every request has
+        // its first token to the last finish, counting the tokens generated after the first.
+        let last_first = ttft.iter().copied().fold(0f64, f64::max);
+        let last_done = outs
+            .iter()
+            .filter_map(|o| o.metrics.total_time.map(|d| d.as_secs_f64()))
+            .fold(0f64, f64::max);
+        let decode_tokens = out_tokens.saturating_sub(outs.len());
+        let decode_tps = decode_tokens as f64 / (last_done - last_first).max(1e-9);
         Ok(json!({
             "seconds": secs,
             "requests": outs.len(),
             "output_tokens_per_s": out_tokens as f64 / secs,
             "total_tokens_per_s": (in_tokens + out_tokens) as f64 / secs,
+            "decode_tokens_per_s": decode_tps,
             "ttft_s": percentiles(ttft),
             "tpot_s": percentiles(tpot),
         }))

@@ -4,7 +4,10 @@
 //! order (bias, then taps 0..K), so the pre-activation values are bitwise the reference's and
 //! only the SiLU's `exp` ([`super::fast_math`]) differs, by a few ulp.
 
+use rayon::prelude::*;
+
 use super::fast_math::silu;
+use super::scan_layout::{split_seqs, SeqRows};
 
 /// Channels per block: one 512-bit register of f32.
 const LANES: usize = 16;
@@ -82,6 +85,60 @@ pub fn conv1d_silu_rows(
         }
     }
     state.copy_from_slice(&next);
+}
+
+/// [`conv1d_silu_rows`] for every sequence of a batch (`states[i]` is sequence i's conv
+/// state), in parallel over blocks of `block` tokens, so one long prompt uses every thread.
+/// The conv looks back K-1 raw rows, so each block starts from a copy of the raw rows before
+/// it, taken before any block is overwritten; the first block of a sequence starts from its
+/// state and the last block's history becomes the new state. `then` runs on each block's rows
+/// after its conv (the caller's other per-token work).
+#[allow(clippy::too_many_arguments)]
+pub fn conv1d_silu_seqs(
+    rows: &mut [f32],
+    stride: usize,
+    offset: usize,
+    seqs: &[SeqRows],
+    states: &mut [&mut [f32]],
+    weight: &[f32],
+    bias: &[f32],
+    block: usize,
+    then: impl Fn(&mut [f32]) + Sync,
+) {
+    let c = bias.len();
+    let hist = (weight.len() / c.max(1)).saturating_sub(1);
+    let block = block.max(1);
+    let mut blocks = Vec::new();
+    for ((si, s), piece) in seqs.iter().enumerate().zip(split_seqs(rows, stride, seqs)) {
+        let mut history = states[si].to_vec();
+        let n_blocks = s.len.div_ceil(block);
+        for (bi, part) in piece.chunks_mut(block * stride).enumerate() {
+            // The last K-1 raw rows of [history; part].
+            let len = part.len() / stride;
+            let mut next = vec![0f32; hist * c];
+            for r in 0..hist {
+                let src = if len + r < hist {
+                    &history[(len + r) * c..(len + r + 1) * c]
+                } else {
+                    let o = (len + r - hist) * stride + offset;
+                    &part[o..o + c]
+                };
+                next[r * c..(r + 1) * c].copy_from_slice(src);
+            }
+            blocks.push((si, bi + 1 == n_blocks, part, history));
+            history = next;
+        }
+    }
+    blocks.par_iter_mut().for_each(|(_, _, part, history)| {
+        let len = part.len() / stride;
+        conv1d_silu_rows(part, stride, offset, len, history, weight, bias);
+        then(part);
+    });
+    for (si, last, _, history) in blocks {
+        if last {
+            states[si].copy_from_slice(&history);
+        }
+    }
 }
 
 /// One decode step of [`conv1d_silu_rows`]: `row` holds the token's raw channels and receives
@@ -185,6 +242,58 @@ mod tests {
                 );
             }
             assert_eq!(st, st_ref, "c={c} k={k}");
+        }
+    }
+
+    #[test]
+    fn blocked_sequences_match_the_reference() {
+        let (c, k) = (21usize, 4usize);
+        let (stride, offset) = (c + 5, 3);
+        let lens = [1usize, 2, 9, 30, 7];
+        let w = noise(c * k, 2);
+        let b = noise(c, 3);
+        let wt = tap_major(&w, k);
+        let total: usize = lens.iter().sum();
+        let new = noise(total * c, 1);
+        for block in [1usize, 2, 4, 64] {
+            let mut buf = padded(&new, c, stride, offset);
+            let mut seqs = Vec::new();
+            let mut start = 0;
+            for &len in &lens {
+                seqs.push(SeqRows { start, len });
+                start += len;
+            }
+            let init: Vec<Vec<f32>> = (0..lens.len())
+                .map(|i| noise((k - 1) * c, 40 + i as u32))
+                .collect();
+            let mut states = init.clone();
+            let mut refs: Vec<&mut [f32]> = states.iter_mut().map(|s| s.as_mut_slice()).collect();
+            let touched = std::sync::atomic::AtomicUsize::new(0);
+            conv1d_silu_seqs(
+                &mut buf,
+                stride,
+                offset,
+                &seqs,
+                &mut refs,
+                &wt,
+                &b,
+                block,
+                |part| {
+                    touched.fetch_add(part.len() / stride, std::sync::atomic::Ordering::Relaxed);
+                },
+            );
+            assert_eq!(touched.into_inner(), total);
+            for (i, s) in seqs.iter().enumerate() {
+                let mut st = init[i].clone();
+                let mut want = vec![0f32; s.len * c];
+                let raw = &new[s.start * c..(s.start + s.len) * c];
+                causal_conv1d_silu(raw, &mut st, &w, &b, k, &mut want);
+                for t in 0..s.len {
+                    let o = (s.start + t) * stride + offset;
+                    close(&buf[o..o + c], &want[t * c..(t + 1) * c]);
+                }
+                assert_eq!(states[i], st, "block {block} seq {i}");
+            }
         }
     }
 

@@ -27,7 +27,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let poly = p * r * r + r + 1.0;
     // t's low mantissa bits hold n + 2²² (the 1.5 of ROUND); the biased exponent is n + 127.
     let n_int = (t.to_bits() as i32) - 0x4B40_0000;

@@ -31,3 +31,28 @@ impl RowLayout {
         }
     }
 }
+
+/// One sequence of a batch: its first token row and its number of new tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqRows {
+    /// First token row in the input buffer.
+    pub start: usize,
+    /// Tokens.
+    pub len: usize,
+}
+
+/// Splits `rows` (`stride` floats per token) into one mutable piece per sequence; the spans
+/// must be in order and not overlap (a batch's are consecutive).
+pub fn split_seqs<'a>(rows: &'a mut [f32], stride: usize, seqs: &[SeqRows]) -> Vec<&'a mut [f32]> {
+    let mut pieces = Vec::with_capacity(seqs.len());
+    let mut rest = rows;
+    let mut at = 0;
+    for s in seqs {
+        let (_, tail) = rest.split_at_mut((s.start - at) * stride);
+        let (mine, tail) = tail.split_at_mut(s.len * stride);
+        pieces.push(mine);
+        rest = tail;
+        at = s.start + s.len;
+    }
+    pieces
+}

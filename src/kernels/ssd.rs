@@ -18,16 +18,7 @@ use rayon::prelude::*;
 
 use super::fast_math::exp;
 use super::reference::ScanDims;
-use super::scan_layout::RowLayout;
-
-/// One sequence of a batch: its first token row and its number of new tokens.
-#[derive(Debug, Clone, Copy)]
-pub struct SeqRows {
-    /// First token row in the input buffer.
-    pub start: usize,
-    /// Tokens.
-    pub len: usize,
-}
+use super::scan_layout::{RowLayout, SeqRows};
 
 /// Scans every head of several sequences, in parallel over (sequence, head), chunks of
 /// `chunk` tokens. `rows` holds the inputs (see [`RowLayout`]); `a` (`A = -exp(A_log)`) and
@@ -45,12 +36,22 @@ pub fn ssd_scan_batch(
     states: Vec<&mut [f32]>,
     y: &mut [f32],
 ) {
-    let chunk = chunk.max(1);
+    // A sequence shorter than a chunk (a decode token in a mixed batch) gets a chunk of its
+    // own length, so its scratch and C·Bᵀ block are no larger than it needs.
+    let chunk_of = |s: &SeqRows| chunk.max(1).min(s.len.max(1));
     let (p, n) = (dims.head_dim, dims.d_state);
     let di = dims.n_heads * p;
-    let cbs: Vec<Vec<f32>> = seqs
+    // C·Bᵀ of every (sequence, chunk), in parallel: a long prompt is one sequence.
+    let mut first_chunk = Vec::with_capacity(seqs.len() + 1);
+    let mut jobs = Vec::new();
+    for (si, s) in seqs.iter().enumerate() {
+        first_chunk.push(jobs.len());
+        jobs.extend((0..s.len.div_ceil(chunk_of(s))).map(|ci| (si, ci)));
+    }
+    first_chunk.push(jobs.len());
+    let cbs: Vec<Vec<f32>> = jobs
         .par_iter()
-        .map(|s| chunk_cb(rows, layout, *s, dims, chunk))
+        .map(|&(si, ci)| chunk_cb(rows, layout, seqs[si], dims, chunk_of(&seqs[si]), ci))
         .collect();
     // Carve y and the states into one disjoint piece per (sequence, head).
     let mut tasks = Vec::with_capacity(seqs.len() * dims.n_heads);
@@ -78,31 +79,34 @@ pub fn ssd_scan_batch(
             h,
             a: a[h],
             d: d[h],
-            chunk,
-            cb: &cbs[si],
+            chunk: chunk_of(&seqs[si]),
+            cb: &cbs[first_chunk[si]..first_chunk[si + 1]],
         };
         head.scan(st, yh);
     });
 }
 
-/// `C[l]·B[s]` for `s ≤ l` of every chunk and group of one sequence:
-/// `[n_chunks, n_groups, chunk, chunk]`, zero above the diagonal.
-fn chunk_cb(rows: &[f32], lay: RowLayout, seq: SeqRows, dims: ScanDims, q: usize) -> Vec<f32> {
+/// `C[l]·B[s]` for `s ≤ l` of chunk `ci` of a sequence, every group:
+/// `[n_groups, chunk, chunk]`, zero above the diagonal.
+fn chunk_cb(
+    rows: &[f32],
+    lay: RowLayout,
+    seq: SeqRows,
+    dims: ScanDims,
+    q: usize,
+    ci: usize,
+) -> Vec<f32> {
     let (n, groups) = (dims.d_state, dims.n_groups);
-    let n_chunks = seq.len.div_ceil(q);
-    let mut cb = vec![0f32; n_chunks * groups * q * q];
-    for ci in 0..n_chunks {
-        let t0 = seq.start + ci * q;
-        let len = q.min(seq.start + seq.len - t0);
-        for g in 0..groups {
-            let out = &mut cb[(ci * groups + g) * q * q..][..q * q];
-            for l in 0..len {
-                let c_row = t0 + l;
-                let cl = &rows[c_row * lay.stride + lay.c + g * n..][..n];
-                for s in 0..=l {
-                    let bs = &rows[(t0 + s) * lay.stride + lay.b + g * n..][..n];
-                    out[l * q + s] = dot(cl, bs);
-                }
+    let mut cb = vec![0f32; groups * q * q];
+    let t0 = seq.start + ci * q;
+    let len = q.min(seq.start + seq.len - t0);
+    for g in 0..groups {
+        let out = &mut cb[g * q * q..][..q * q];
+        for l in 0..len {
+            let cl = &rows[(t0 + l) * lay.stride + lay.c + g * n..][..n];
+            for s in 0..=l {
+                let bs = &rows[(t0 + s) * lay.stride + lay.b + g * n..][..n];
+                out[l * q + s] = dot(cl, bs);
             }
         }
     }
@@ -128,6 +132,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// f32 lanes per vector register.
+const LANES: usize = 16;
+
 /// One head of one sequence.
 struct Head<'a> {
     rows: &'a [f32],
@@ -138,113 +145,253 @@ struct Head<'a> {
     a: f32,
     d: f32,
     chunk: usize,
-    cb: &'a [f32],
+    /// This sequence's per-chunk `C·Bᵀ` blocks (see [`chunk_cb`]).
+    cb: &'a [Vec<f32>],
 }
 
+/// Per-task scratch of [`Head::scan`]; rows of x, y and the state are padded to whole vectors
+/// (`pp` floats, zeros beyond P) so the products need no tail handling along P.
+struct Scratch {
+    pp: usize,
+    /// Transposed state `[N, pp]`.
+    st: Vec<f32>,
+    /// The chunk's x rows `[chunk, pp]`.
+    xs: Vec<f32>,
+    /// `w[s]·x[s]`, the state-update weights applied to x.
+    xw: Vec<f32>,
+    /// Intra-chunk matrix `[chunk, chunk]`, zero above the diagonal.
+    m: Vec<f32>,
+    /// `exp(c[l])`.
+    e: Vec<f32>,
+    /// The chunk's outputs `[chunk, pp]`.
+    yc: Vec<f32>,
+}
+
+// Register tiles read clearest as index loops over their rows.
+#[allow(clippy::needless_range_loop)]
 impl Head<'_> {
-    fn x(&self, t: usize) -> &[f32] {
-        let p = self.dims.head_dim;
-        &self.rows[(self.seq.start + t) * self.layout.stride + self.layout.x + self.h * p..][..p]
+    fn group(&self) -> usize {
+        self.h / (self.dims.n_heads / self.dims.n_groups)
     }
 
-    fn group_row(&self, t: usize, field: usize) -> &[f32] {
-        let n = self.dims.d_state;
-        let g = self.h / (self.dims.n_heads / self.dims.n_groups);
-        &self.rows[(self.seq.start + t) * self.layout.stride + field + g * n..][..n]
-    }
-
-    fn dt(&self, t: usize) -> f32 {
-        self.rows[(self.seq.start + t) * self.layout.stride + self.layout.dt + self.h]
+    /// Offset of token `t` (of this sequence) in `rows`.
+    fn row(&self, t: usize) -> usize {
+        (self.seq.start + t) * self.layout.stride
     }
 
     /// Runs all chunks, `state` `[P, N]` in place, `y` `[len, P]`.
     fn scan(&self, state: &mut [f32], y: &mut [f32]) {
         let (p, n, q) = (self.dims.head_dim, self.dims.d_state, self.chunk);
-        let g = self.h / (self.dims.n_heads / self.dims.n_groups);
-        let groups = self.dims.n_groups;
-        // The state is kept transposed, `[N, P]`, so both of its products run along P.
-        let mut st = vec![0f32; n * p];
+        let pp = p.div_ceil(LANES) * LANES;
+        let g = self.group();
+        let mut sc = Scratch {
+            pp,
+            st: vec![0f32; n * pp],
+            xs: vec![0f32; q * pp],
+            xw: vec![0f32; q * pp],
+            m: vec![0f32; q * q],
+            e: vec![0f32; q],
+            yc: vec![0f32; q * pp],
+        };
         for pi in 0..p {
             for ni in 0..n {
-                st[ni * p + pi] = state[pi * n + ni];
+                sc.st[ni * pp + pi] = state[pi * n + ni];
             }
         }
-        let mut m = vec![0f32; q * q];
-        let (mut dts, mut av, mut cum, mut seg, mut w) = (
-            vec![0f32; q],
-            vec![0f32; q],
-            vec![0f32; q],
-            vec![0f32; q],
-            vec![0f32; q],
-        );
-        let mut acc = vec![0f32; p];
+        let (mut dts, mut av, mut cum, mut seg) =
+            (vec![0f32; q], vec![0f32; q], vec![0f32; q], vec![0f32; q]);
+        let x0 = self.layout.x + self.h * p;
         for ci in 0..self.seq.len.div_ceil(q) {
             let t0 = ci * q;
             let len = q.min(self.seq.len - t0);
             let mut run = 0f32;
             for l in 0..len {
-                dts[l] = self.dt(t0 + l);
+                let r = self.row(t0 + l);
+                dts[l] = self.rows[r + self.layout.dt + self.h];
                 av[l] = dts[l] * self.a;
                 run += av[l];
                 cum[l] = run;
+                sc.e[l] = exp(run);
+                sc.xs[l * pp..l * pp + p].copy_from_slice(&self.rows[r + x0..r + x0 + p]);
             }
-            // M row by row: seg[s] holds a[s+1] + … + a[l].
-            let cb = &self.cb[(ci * groups + g) * q * q..][..q * q];
+            // M row by row: seg[s] holds a[s+1] + … + a[l], summed directly.
+            let cb = &self.cb[ci][g * q * q..(g + 1) * q * q];
             for l in 0..len {
                 for sv in &mut seg[..l] {
                     *sv += av[l];
                 }
                 seg[l] = 0.0;
-                let row = &mut m[l * q..l * q + len];
-                for s in 0..=l {
-                    row[s] = cb[l * q + s] * exp(seg[s]) * dts[s];
+                let row = &mut sc.m[l * q..l * q + len];
+                let (lower, upper) = row.split_at_mut(l + 1);
+                for (((o, c), sg), dt) in lower
+                    .iter_mut()
+                    .zip(&cb[l * q..l * q + l + 1])
+                    .zip(&seg[..=l])
+                    .zip(&dts[..=l])
+                {
+                    *o = c * exp(*sg) * dt;
                 }
+                upper.fill(0.0);
             }
-            for l in 0..len {
-                let yl = &mut y[(t0 + l) * p..(t0 + l + 1) * p];
-                // Intra-chunk: Σ_{s ≤ l} M[l, s]·x[s].
-                yl.fill(0.0);
-                for s in 0..=l {
-                    let ms = m[l * q + s];
-                    for (yv, xv) in yl.iter_mut().zip(self.x(t0 + s)) {
-                        *yv += ms * xv;
-                    }
-                }
-                // Carried-in state: exp(c[l])·S·C[l], contracted over N with S transposed.
-                acc.fill(0.0);
-                for (ni, cv) in self.group_row(t0 + l, self.layout.c).iter().enumerate() {
-                    for (av, sv) in acc.iter_mut().zip(&st[ni * p..(ni + 1) * p]) {
-                        *av += cv * sv;
-                    }
-                }
-                let decay_in = exp(cum[l]);
-                for ((yv, av), xv) in yl.iter_mut().zip(&acc).zip(self.x(t0 + l)) {
-                    *yv += decay_in * av + self.d * xv;
-                }
-            }
-            // State after the chunk.
+            // State-update weights, folded into x.
             let last = cum[len - 1];
             for s in 0..len {
-                w[s] = exp(last - cum[s]) * dts[s];
+                let w = exp(last - cum[s]) * dts[s];
+                for (o, xv) in sc.xw[s * pp..(s + 1) * pp]
+                    .iter_mut()
+                    .zip(&sc.xs[s * pp..(s + 1) * pp])
+                {
+                    *o = w * xv;
+                }
             }
-            let decay = exp(last);
-            for ni in 0..n {
-                let srow = &mut st[ni * p..(ni + 1) * p];
-                for v in srow.iter_mut() {
-                    *v *= decay;
-                }
-                for s in 0..len {
-                    let coef = w[s] * self.group_row(t0 + s, self.layout.b)[ni];
-                    for (sv, xv) in srow.iter_mut().zip(self.x(t0 + s)) {
-                        *sv += coef * xv;
-                    }
-                }
+            match (pp / LANES) % 4 {
+                0 => self.chunk_products::<4, 2, 2>(&mut sc, t0, len, exp(last)),
+                2 => self.chunk_products::<2, 4, 4>(&mut sc, t0, len, exp(last)),
+                _ => self.chunk_products::<1, 8, 8>(&mut sc, t0, len, exp(last)),
+            }
+            for l in 0..len {
+                y[(t0 + l) * p..(t0 + l + 1) * p].copy_from_slice(&sc.yc[l * pp..l * pp + p]);
             }
         }
         for pi in 0..p {
             for ni in 0..n {
-                state[pi * n + ni] = st[ni * p + pi];
+                state[pi * n + ni] = sc.st[ni * pp + pi];
             }
+        }
+    }
+
+    /// The chunk's outputs (into `sc.yc`, from the state carried in) and then the new state,
+    /// in register blocks of V vectors along P: R token rows at a time for the outputs, SR
+    /// state rows at a time for the update.
+    fn chunk_products<const V: usize, const R: usize, const SR: usize>(
+        &self,
+        sc: &mut Scratch,
+        t0: usize,
+        len: usize,
+        decay: f32,
+    ) {
+        let n = self.dims.d_state;
+        for pb in (0..sc.pp).step_by(V * LANES) {
+            let mut l0 = 0;
+            while l0 + R <= len {
+                self.out_rows::<V, R>(sc, t0, l0, pb);
+                l0 += R;
+            }
+            for l in l0..len {
+                self.out_rows::<V, 1>(sc, t0, l, pb);
+            }
+            let mut n0 = 0;
+            while n0 + SR <= n {
+                self.state_rows::<V, SR>(sc, t0, len, n0, pb, decay);
+                n0 += SR;
+            }
+            for ni in n0..n {
+                self.state_rows::<V, 1>(sc, t0, len, ni, pb, decay);
+            }
+        }
+    }
+
+    /// `y[l] = exp(c[l])·S·C[l] + Σ_{s ≤ l} M[l, s]·x[s] + D·x[l]` for rows `l0..l0+R`,
+    /// columns `pb..pb + V·16` of the padded P.
+    #[inline(always)]
+    fn out_rows<const V: usize, const R: usize>(
+        &self,
+        sc: &mut Scratch,
+        t0: usize,
+        l0: usize,
+        pb: usize,
+    ) {
+        let (n, pp, q) = (self.dims.d_state, sc.pp, self.chunk);
+        let c_off = self.layout.c + self.group() * n;
+        let c_rows: [usize; R] = std::array::from_fn(|i| self.row(t0 + l0 + i) + c_off);
+        let mut acc = [[[0f32; LANES]; V]; R];
+        for ni in 0..n {
+            let sv = load::<V>(&sc.st[ni * pp + pb..]);
+            for i in 0..R {
+                let cv = self.rows[c_rows[i] + ni];
+                fma_row(&mut acc[i], cv, &sv);
+            }
+        }
+        for (i, a) in acc.iter_mut().enumerate() {
+            scale_row(a, sc.e[l0 + i]);
+        }
+        for s in 0..l0 + R {
+            let xv = load::<V>(&sc.xs[s * pp + pb..]);
+            for i in 0..R {
+                fma_row(&mut acc[i], sc.m[(l0 + i) * q + s], &xv);
+            }
+        }
+        for (i, a) in acc.iter_mut().enumerate() {
+            let xv = load::<V>(&sc.xs[(l0 + i) * pp + pb..]);
+            fma_row(a, self.d, &xv);
+            store::<V>(&mut sc.yc[(l0 + i) * pp + pb..], a);
+        }
+    }
+
+    /// `S[n] ← decay·S[n] + Σ_s B[s][n]·w[s]·x[s]` for state rows `n0..n0+R` (transposed
+    /// state), columns `pb..pb + V·16`.
+    #[inline(always)]
+    fn state_rows<const V: usize, const R: usize>(
+        &self,
+        sc: &mut Scratch,
+        t0: usize,
+        len: usize,
+        n0: usize,
+        pb: usize,
+        decay: f32,
+    ) {
+        let pp = sc.pp;
+        let b_off = self.layout.b + self.group() * self.dims.d_state + n0;
+        let mut acc: [[[f32; LANES]; V]; R] =
+            std::array::from_fn(|j| load::<V>(&sc.st[(n0 + j) * pp + pb..]));
+        for a in acc.iter_mut() {
+            scale_row(a, decay);
+        }
+        for s in 0..len {
+            let xv = load::<V>(&sc.xw[s * pp + pb..]);
+            let b = &self.rows[self.row(t0 + s) + b_off..][..R];
+            for j in 0..R {
+                fma_row(&mut acc[j], b[j], &xv);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            store::<V>(&mut sc.st[(n0 + j) * pp + pb..], a);
+        }
+    }
+}
+
+/// The first V·16 floats of `src` as V vectors.
+#[inline(always)]
+fn load<const V: usize>(src: &[f32]) -> [[f32; LANES]; V] {
+    let mut out = [[0f32; LANES]; V];
+    for (v, o) in out.iter_mut().enumerate() {
+        o.copy_from_slice(&src[v * LANES..(v + 1) * LANES]);
+    }
+    out
+}
+
+#[inline(always)]
+fn store<const V: usize>(dst: &mut [f32], src: &[[f32; LANES]; V]) {
+    for (v, s) in src.iter().enumerate() {
+        dst[v * LANES..(v + 1) * LANES].copy_from_slice(s);
+    }
+}
+
+/// `acc += k·x`.
+#[inline(always)]
+fn fma_row<const V: usize>(acc: &mut [[f32; LANES]; V], k: f32, x: &[[f32; LANES]; V]) {
+    for v in 0..V {
+        for l in 0..LANES {
+            acc[v][l] = x[v][l].mul_add(k, acc[v][l]);
+        }
+    }
+}
+
+#[inline(always)]
+fn scale_row<const V: usize>(acc: &mut [[f32; LANES]; V], k: f32) {
+    for v in acc.iter_mut() {
+        for x in v.iter_mut() {
+            *x *= k;
         }
     }
 }

@@ -12,11 +12,11 @@ use super::{from_vec, to_vec};
 use crate::cache::{StateCache, StateShape};
 use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
-use crate::kernels::conv1d::{conv1d_silu_rows, tap_major};
+use crate::kernels::conv1d::{conv1d_silu_seqs, tap_major};
 use crate::kernels::fast_math::silu;
 use crate::kernels::reference::ScanDims;
-use crate::kernels::scan_layout::RowLayout;
-use crate::kernels::ssd::{ssd_scan_batch, SeqRows};
+use crate::kernels::scan_layout::{RowLayout, SeqRows};
+use crate::kernels::ssd::ssd_scan_batch;
 use crate::kernels::ssm_step::{activate_dt, mamba2_step_batch, StepParams};
 use crate::loader::config_json::float_from_value;
 use crate::loader::safetensors::WeightStore;
@@ -84,6 +84,9 @@ pub fn time_step_limit(limit: Option<&[serde_json::Value]>) -> Result<(f32, f32)
         )),
     }
 }
+
+/// Tokens per parallel block of the prefill conv.
+const CONV_BLOCK: usize = 64;
 
 /// Tokens per chunk of the SSD prefill scan. Numerics only (spec §4.4); smaller than the
 /// checkpoints' `chunk_size` (256) because the intra-chunk term costs `chunk·P` per token and
@@ -232,33 +235,18 @@ impl Mamba2Mixer {
                 len: s.len,
             })
             .collect();
-        // One disjoint slice of rows per sequence (spans are consecutive and in order).
-        let mut pieces = Vec::with_capacity(seqs.len());
-        let mut rest = rows;
-        let mut at = 0;
-        for s in &seqs {
-            let (_, tail) = rest.split_at_mut((s.start - at) * layout.stride);
-            let (mine, tail) = tail.split_at_mut(s.len * layout.stride);
-            pieces.push(mine);
-            rest = tail;
-            at = s.start + s.len;
-        }
-        let cd = self.conv_bias.len();
-        pieces
-            .into_par_iter()
-            .zip(states.par_iter_mut())
-            .for_each(|(piece, (conv, _))| {
-                conv1d_silu_rows(
-                    piece,
-                    layout.stride,
-                    layout.x,
-                    piece.len() / layout.stride,
-                    conv,
-                    &self.conv_weight,
-                    &self.conv_bias[..cd],
-                );
-                activate_dt(piece, layout, &self.dt_bias, self.cfg.dt_limit);
-            });
+        let mut convs: Vec<&mut [f32]> = states.iter_mut().map(|(c, _)| &mut **c).collect();
+        conv1d_silu_seqs(
+            rows,
+            layout.stride,
+            layout.x,
+            &seqs,
+            &mut convs,
+            &self.conv_weight,
+            &self.conv_bias,
+            CONV_BLOCK,
+            |part| activate_dt(part, layout, &self.dt_bias, self.cfg.dt_limit),
+        );
         seqs
     }
 
