@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::fast_math::exp;
 use super::reference::ScanDims;
 use super::scan_layout::{RowLayout, SeqRows};
+use super::ssm_step::step_head;
 
 /// Scans every head of several sequences, in parallel over (sequence, head), chunks of
 /// `chunk` tokens. `rows` holds the inputs (see [`RowLayout`]); `a` (`A = -exp(A_log)`) and
@@ -182,6 +183,26 @@ impl Head<'_> {
     /// Runs all chunks, `state` `[P, N]` in place, `y` `[len, P]`.
     fn scan(&self, state: &mut [f32], y: &mut [f32]) {
         let (p, n, q) = (self.dims.head_dim, self.dims.d_state, self.chunk);
+        if self.seq.len == 1 {
+            // A decode token in a mixed batch: the recurrence itself, no chunk machinery.
+            let r = self.row(0);
+            let (b, c) = (
+                self.layout.b + self.group() * n,
+                self.layout.c + self.group() * n,
+            );
+            let x = self.layout.x + self.h * p;
+            step_head(
+                &self.rows[r + x..r + x + p],
+                &self.rows[r + b..r + b + n],
+                &self.rows[r + c..r + c + n],
+                self.rows[r + self.layout.dt + self.h],
+                self.a,
+                self.d,
+                state,
+                y,
+            );
+            return;
+        }
         let pp = p.div_ceil(LANES) * LANES;
         let g = self.group();
         let mut sc = Scratch {

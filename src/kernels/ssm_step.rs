@@ -97,7 +97,7 @@ pub fn mamba2_step_batch(
 /// `S ← exp(dt·a)·S + dt·x⊗b`, `y = S·c + d·x` for one head (`S` is `[P, N]`).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn step_head(
+pub fn step_head(
     x: &[f32],
     b: &[f32],
     c: &[f32],
