@@ -108,7 +108,7 @@ pub fn geglu(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
 /// `t = hi + lo`, then `(t0 + t2) + (t1 + t3)`: the movehl/movehdup reduction of an 8-lane
 /// vector in ggml's AVX2 softmax and tinyBLAS's `hsum`.
 #[inline]
-fn hsum_movehl(v: &[f32; LANES]) -> f32 {
+pub fn hsum_movehl(v: &[f32; LANES]) -> f32 {
     let t: [f32; 4] = std::array::from_fn(|i| v[4 + i] + v[i]);
     (t[0] + t[2]) + (t[1] + t[3])
 }

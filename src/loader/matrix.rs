@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Storage, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kernels::cpu::bf16_matmul::{self, Activations};
-use crate::kernels::cpu::ggml_matmul;
+use crate::kernels::cpu::{ggml_bf16, ggml_matmul};
 use crate::kernels::cpu::matmul::MAX_SKINNY_ROWS;
 use crate::kernels::cpu::packed_bf16::{bf16_value, PackedBf16};
 
@@ -22,14 +22,14 @@ pub enum Bf16Rounding {
     Never,
     /// Calls with more than [`MAX_SKINNY_ROWS`] rows (prefill GEMMs); decode stays exact.
     AboveSkinny,
-    /// Every call, as llama.cpp does for BF16 GGUF weights.
-    Always,
+    /// Every call, summed in llama.cpp's order ([`ggml_bf16`]): BF16 GGUF weights.
+    Ggml,
 }
 
 impl Bf16Rounding {
     fn activations(self, rows: usize) -> Activations {
         match self {
-            Bf16Rounding::Always => Activations::Bf16,
+            Bf16Rounding::Ggml => Activations::Bf16,
             Bf16Rounding::AboveSkinny if rows > MAX_SKINNY_ROWS => Activations::Bf16,
             _ => Activations::F32,
         }
@@ -126,8 +126,9 @@ impl Matrix {
                 }
                 let n = weight.rows();
                 let mut y = vec![0f32; m * n];
-                with_values(x, |xs| {
-                    bf16_matmul::matmul_t(xs, m, weight, rounding.activations(m), &mut y)
+                with_values(x, |xs| match rounding {
+                    Bf16Rounding::Ggml => ggml_bf16::matmul_t(xs, m, weight, &mut y),
+                    _ => bf16_matmul::matmul_t(xs, m, weight, rounding.activations(m), &mut y),
                 })?;
                 Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
             }

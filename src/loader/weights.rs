@@ -319,7 +319,7 @@ impl WeightStore {
     fn bf16_rounding(&self, gguf: bool) -> Bf16Rounding {
         match (self.precision, gguf) {
             (MatmulPrecision::Exact, _) => Bf16Rounding::Never,
-            (MatmulPrecision::Fast, true) => Bf16Rounding::Always,
+            (MatmulPrecision::Fast, true) => Bf16Rounding::Ggml,
             (MatmulPrecision::Fast, false) => Bf16Rounding::AboveSkinny,
         }
     }

@@ -1,0 +1,294 @@
+//! `y = x · Wᵀ` for BF16 GGUF weights with llama.cpp's CPU arithmetic (its AVX2 + FMA build),
+//! so that a BF16 GGUF model's activations are bit for bit llama.cpp's. ggml rounds the
+//! activations to bf16 (nearest even) and then, per output, sums exact bf16 × bf16 products in
+//! one of two orders:
+//!
+//! - one activation row (decode, and any `k` that is not a multiple of 8):
+//!   `ggml_vec_dot_bf16`: four 8-lane FMA accumulators over steps of 32 columns (column `i` in
+//!   accumulator `(i / 8) % 4`, lane `i % 8`), folded `(c1 + c3) + (c2 + c4)`, reduced
+//!   `(t0 + t2) + (t1 + t3)` with `t = hi + lo`; leftover columns added one by one in f64.
+//! - two or more rows (prefill): llamafile's tinyBLAS: one 8-lane FMA accumulator per output
+//!   (column `i` in lane `i % 8`), reduced the same way.
+//!
+//! The plain versions ([`vec_dot`], [`tiny_dot`]) state those orders on one row; the AVX2
+//! kernels run them on eight weight rows at once (one per vector lane) straight from the
+//! [`PackedBf16`] panels, and must equal the plain versions bit for bit (tested).
+
+use rayon::prelude::*;
+
+use super::packed_bf16::{bf16_bits, bf16_value, PackedBf16, PANEL};
+use crate::kernels::ggml_math::hsum_movehl;
+
+/// Weight rows per vector kernel call (one per f32 lane).
+const GROUP: usize = 8;
+
+/// The activations as ggml's `fp32_to_bf16` leaves them, as f32 values.
+pub fn round_activations(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| bf16_value(bf16_bits(v))).collect()
+}
+
+/// Whether ggml runs tinyBLAS (rather than `ggml_vec_dot_bf16`) for `m` rows of length `k`.
+pub fn uses_tinyblas(m: usize, k: usize) -> bool {
+    m >= 2 && k.is_multiple_of(GROUP)
+}
+
+/// `ggml_vec_dot_bf16` (AVX2) on one row: `x` and `w` hold bf16 values.
+pub fn vec_dot(x: &[f32], w: &[f32]) -> f32 {
+    let n = x.len().min(w.len());
+    let whole = n / 32 * 32;
+    let mut acc = [[0f32; 8]; 4];
+    for i in 0..whole {
+        let a = &mut acc[(i / 8) % 4][i % 8];
+        *a = x[i].mul_add(w[i], *a);
+    }
+    let s: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let mut sum = hsum_movehl(&s) as f64;
+    for i in whole..n {
+        sum += (x[i] * w[i]) as f64;
+    }
+    sum as f32
+}
+
+/// tinyBLAS's BF16 kernel (AVX2) on one row: `x` and `w` hold bf16 values, `k % 8 == 0`.
+pub fn tiny_dot(x: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (a, b)) in x.iter().zip(w).enumerate() {
+        acc[i % 8] = a.mul_add(*b, acc[i % 8]);
+    }
+    hsum_movehl(&acc)
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: each task writes the columns of its own panel only (see `matmul_t`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major `x`, `y`) as llama.cpp computes it.
+pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
+    let (n, k) = (w.rows(), w.cols());
+    assert!(
+        x.len() >= m * k && y.len() >= m * n,
+        "ggml bf16 matmul: x {} (want {m}x{k}), y {} (want {m}x{n})",
+        x.len(),
+        y.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let xr = round_activations(&x[..m * k]);
+    let tiny = uses_tinyblas(m, k);
+    let fast = has_avx2_fma();
+    let out = OutPtr(y.as_mut_ptr());
+    let out = &out;
+    (0..w.panels()).into_par_iter().for_each(|p| {
+        let panel = w.panel(p);
+        let rows = PANEL.min(n - p * PANEL);
+        let mut vals = [0f32; GROUP];
+        let mut row = Vec::new();
+        for g in 0..rows.div_ceil(GROUP) {
+            let live = GROUP.min(rows - g * GROUP);
+            for i in 0..m {
+                let xi = &xr[i * k..(i + 1) * k];
+                if fast {
+                    // SAFETY: AVX2 and FMA are present (`fast`); the panel holds
+                    // `pairs * PANEL` words and `g * GROUP + GROUP <= PANEL`.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        if tiny {
+                            x86::tiny_group(panel, g, w.pairs(), xi, &mut vals);
+                        } else {
+                            x86::vec_dot_group(panel, g, k, xi, &mut vals);
+                        }
+                    }
+                } else {
+                    plain_group(w, p * PANEL + g * GROUP, live, xi, tiny, &mut row, &mut vals);
+                }
+                for (l, v) in vals.iter().enumerate().take(live) {
+                    // SAFETY: row `i < m`, column `p * PANEL + g * GROUP + l < n`: inside `y`
+                    // (asserted above) and written by this panel's task only.
+                    unsafe { *out.0.add(i * n + p * PANEL + g * GROUP + l) = *v };
+                }
+            }
+        }
+    });
+}
+
+/// Whether the AVX2 + FMA kernels can run here.
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The plain kernels on `live` weight rows from `first` (any CPU).
+fn plain_group(
+    w: &PackedBf16,
+    first: usize,
+    live: usize,
+    x: &[f32],
+    tiny: bool,
+    row: &mut Vec<f32>,
+    vals: &mut [f32; GROUP],
+) {
+    row.resize(w.cols(), 0.0);
+    for (l, v) in vals.iter_mut().enumerate().take(live) {
+        w.row_f32(first + l, row);
+        *v = if tiny { tiny_dot(x, row) } else { vec_dot(x, row) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // fixed-size register tiles read clearest as index loops
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, PANEL};
+
+    /// Column pair `q` of the panel's rows `g * 8 .. g * 8 + 8`: (even, odd) columns as f32.
+    #[inline(always)]
+    unsafe fn widen(panel: &[u32], q: usize, g: usize) -> (__m256, __m256) {
+        let v = _mm256_loadu_si256(panel.as_ptr().add(q * PANEL + g * GROUP) as *const __m256i);
+        let hi = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        (
+            _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
+            _mm256_castsi256_ps(_mm256_and_si256(v, hi)),
+        )
+    }
+
+    /// `(t0 + t2) + (t1 + t3)` with `t_i = v[i + 4] + v[i]`, lane by lane over eight rows.
+    #[inline(always)]
+    unsafe fn reduce(v: &[__m256; 8]) -> __m256 {
+        let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(v[i + 4], v[i]));
+        _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]))
+    }
+
+    /// [`super::tiny_dot`] for eight weight rows; `pairs * 2 == x.len()`, a multiple of 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tiny_group(
+        panel: &[u32],
+        g: usize,
+        pairs: usize,
+        x: &[f32],
+        out: &mut [f32; GROUP],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let xp = x.as_ptr();
+        for q0 in (0..pairs).step_by(4) {
+            for i in 0..4 {
+                let q = q0 + i;
+                let (e, o) = widen(panel, q, g);
+                acc[2 * i] = _mm256_fmadd_ps(e, _mm256_broadcast_ss(&*xp.add(2 * q)), acc[2 * i]);
+                acc[2 * i + 1] =
+                    _mm256_fmadd_ps(o, _mm256_broadcast_ss(&*xp.add(2 * q + 1)), acc[2 * i + 1]);
+            }
+        }
+        _mm256_storeu_ps(out.as_mut_ptr(), reduce(&acc));
+    }
+
+    /// [`super::vec_dot`] for eight weight rows over `k` columns.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn vec_dot_group(
+        panel: &[u32],
+        g: usize,
+        k: usize,
+        x: &[f32],
+        out: &mut [f32; GROUP],
+    ) {
+        let blocks = k / 32;
+        let xp = x.as_ptr();
+        // Accumulator `r` (column residue mod 32) for the eight rows, four residue pairs at a
+        // time so the eight live accumulators stay in registers.
+        let mut res = [_mm256_setzero_ps(); 32];
+        for pass in 0..4 {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for b in 0..blocks {
+                for i in 0..4 {
+                    let q = b * 16 + pass * 4 + i;
+                    let (e, o) = widen(panel, q, g);
+                    acc[2 * i] =
+                        _mm256_fmadd_ps(e, _mm256_broadcast_ss(&*xp.add(2 * q)), acc[2 * i]);
+                    acc[2 * i + 1] = _mm256_fmadd_ps(
+                        o,
+                        _mm256_broadcast_ss(&*xp.add(2 * q + 1)),
+                        acc[2 * i + 1],
+                    );
+                }
+            }
+            res[pass * 8..pass * 8 + 8].copy_from_slice(&acc);
+        }
+        // c1..c4 are residues 0-7, 8-15, 16-23, 24-31: (c1 + c3) + (c2 + c4), lane by lane.
+        let s: [__m256; 8] = std::array::from_fn(|l| {
+            _mm256_add_ps(
+                _mm256_add_ps(res[l], res[16 + l]),
+                _mm256_add_ps(res[8 + l], res[24 + l]),
+            )
+        });
+        _mm256_storeu_ps(out.as_mut_ptr(), reduce(&s));
+        if blocks * 32 < k {
+            for (l, o) in out.iter_mut().enumerate() {
+                let mut sum = *o as f64;
+                for c in blocks * 32..k {
+                    let v = panel[(c / 2) * PANEL + g * GROUP + l];
+                    let wv = f32::from_bits(if c % 2 == 0 { v << 16 } else { v & 0xFFFF_0000 });
+                    sum += (x[c] * wv) as f64;
+                }
+                *o = sum as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 517.0).sin())
+            .collect()
+    }
+
+    /// The kernels equal the plain orders bit for bit, and the plain orders equal an f64 dot
+    /// product of the rounded values within f32 summation error.
+    #[test]
+    fn matmul_is_the_plain_ggml_orders_bit_for_bit() {
+        for &(m, k, n) in &[
+            (1, 768, 70),
+            (1, 1536, 33),
+            (1, 45, 9),
+            (1, 3, 2),
+            (2, 768, 40),
+            (7, 2048, 65),
+            (3, 44, 17),
+            (4, 20, 8),
+        ] {
+            let x = data(m * k, 1);
+            let wv = data(n * k, 2);
+            let w = PackedBf16::from_f32(&wv, n, k);
+            let mut y = vec![f32::NAN; m * n];
+            matmul_t(&x, m, &w, &mut y);
+            let xr = round_activations(&x);
+            let mut row = vec![0f32; k];
+            for j in 0..n {
+                w.row_f32(j, &mut row);
+                for i in 0..m {
+                    let xi = &xr[i * k..(i + 1) * k];
+                    let want = if uses_tinyblas(m, k) {
+                        tiny_dot(xi, &row)
+                    } else {
+                        vec_dot(xi, &row)
+                    };
+                    assert_eq!(y[i * n + j].to_bits(), want.to_bits(), "{m}x{k}x{n} [{i},{j}]");
+                    let exact: f64 = xi.iter().zip(&row).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let scale: f64 = xi.iter().zip(&row).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                    assert!((want as f64 - exact).abs() <= 1e-6 * scale + 1e-30);
+                }
+            }
+        }
+    }
+}
