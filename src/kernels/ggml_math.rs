@@ -73,6 +73,32 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
     }
 }
 
+/// `ggml_vec_silu_f32` in place: the vector SiLU over whole 8-lane groups from the start of
+/// `v`, libm's for the rest.
+pub fn silu_in_place(v: &mut [f32]) {
+    let whole = v.len() / LANES * LANES;
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = if i < whole {
+            v_silu(*x)
+        } else {
+            scalar_silu(*x)
+        };
+    }
+}
+
+/// `ggml_vec_swiglu_f32` written over `up`: `up[i] = silu(gate[i]) · up[i]`.
+pub fn swiglu_in_place(gate: &[f32], up: &mut [f32]) {
+    let whole = gate.len() / LANES * LANES;
+    for (i, (g, u)) in gate.iter().zip(up.iter_mut()).enumerate() {
+        let s = if i < whole {
+            v_silu(*g)
+        } else {
+            scalar_silu(*g)
+        };
+        *u *= s;
+    }
+}
+
 /// ggml's tanh GeLU in f32 (`ggml_gelu_f32`), which fills the f16 table.
 fn gelu_f32(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044715;
@@ -116,7 +142,7 @@ pub fn hsum_movehl(v: &[f32; LANES]) -> f32 {
 /// `t = hi + lo`, then `(t0 + t1) + (t2 + t3)`: the two-`hadd` reduction of
 /// `ggml_vec_dot_f32`.
 #[inline]
-fn hsum_hadd(v: &[f32; LANES]) -> f32 {
+pub fn hsum_hadd(v: &[f32; LANES]) -> f32 {
     let t: [f32; 4] = std::array::from_fn(|i| v[4 + i] + v[i]);
     (t[0] + t[1]) + (t[2] + t[3])
 }

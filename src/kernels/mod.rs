@@ -6,6 +6,7 @@ pub mod conv1d;
 pub mod cpu;
 pub mod fast_math;
 pub mod ggml_math;
+pub mod ggml_ssm;
 pub mod reference;
 pub mod scan_layout;
 pub mod ssd;

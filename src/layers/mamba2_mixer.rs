@@ -14,8 +14,10 @@ use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
 use crate::kernels::conv1d::{conv1d_silu_seqs, tap_major};
 use crate::kernels::fast_math::silu;
+use crate::kernels::ggml_math;
+use crate::kernels::ggml_ssm;
 use crate::kernels::reference::ScanDims;
-use crate::kernels::scan_layout::{RowLayout, SeqRows};
+use crate::kernels::scan_layout::{split_seqs, RowLayout, SeqRows};
 use crate::kernels::ssd::ssd_scan_batch;
 use crate::kernels::ssm_step::{activate_dt, mamba2_step_batch, StepParams};
 use crate::loader::config_json::float_from_value;
@@ -93,6 +95,12 @@ const CONV_BLOCK: usize = 64;
 /// head on a CPU, while the state terms cost `2·N·P` whatever the chunk.
 const SSD_CHUNK: usize = 64;
 
+/// `y` shared by the scan tasks, each writing its own (token, head) slices.
+struct YPtr(*mut f32);
+// SAFETY: tasks write disjoint slices (one head of one sequence's tokens each).
+unsafe impl Send for YPtr {}
+unsafe impl Sync for YPtr {}
+
 /// A Mamba2 mixer's weights.
 pub struct Mamba2Mixer {
     cfg: Mamba2Config,
@@ -105,6 +113,8 @@ pub struct Mamba2Mixer {
     d: Vec<f32>,
     norm_weight: Vec<f32>,
     out_proj: Linear,
+    /// llama.cpp's arithmetic (GGUF files), see [`ggml_ssm`].
+    ggml: bool,
 }
 
 impl Mamba2Mixer {
@@ -120,7 +130,12 @@ impl Mamba2Mixer {
         let vec = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             to_vec(&store.f32(&format!("{prefix}.{name}"), shape)?)
         };
-        let a_log = vec("A_log", &[nh])?;
+        // llama.cpp uses the GGUF's stored `A = -exp(A_log)` as it is; `-exp(ln(-A))` can be
+        // an ulp away.
+        let a = match store.gguf_as_stored(&format!("{prefix}.A_log"), &[nh])? {
+            Some(stored) => to_vec(&stored)?,
+            None => vec("A_log", &[nh])?.iter().map(|v| -v.exp()).collect(),
+        };
         Ok(Self {
             in_proj: Linear::load(
                 store,
@@ -136,10 +151,11 @@ impl Mamba2Mixer {
                 vec![0.0; cd]
             },
             dt_bias: vec("dt_bias", &[nh])?,
-            a: a_log.iter().map(|v| -v.exp()).collect(),
+            a,
             d: vec("D", &[nh])?,
             norm_weight: vec("norm.weight", &[di])?,
             out_proj: Linear::load(store, &format!("{prefix}.out_proj"), h, di, cfg.proj_bias)?,
+            ggml: store.gguf().is_some(),
             cfg,
         })
     }
@@ -176,7 +192,9 @@ impl Mamba2Mixer {
             .enumerate()
             .all(|(i, s)| s.len == 1 && s.start == i);
         let mut y = vec![0f32; tokens * di];
-        if decode {
+        if self.ggml {
+            self.forward_ggml(&mut rows, layout, batch, states, &mut y);
+        } else if decode {
             let params = StepParams {
                 conv_weight: &self.conv_weight,
                 conv_bias: &self.conv_bias,
@@ -216,6 +234,95 @@ impl Mamba2Mixer {
             self.gate_and_norm(&mut y, &rows, layout);
         }
         self.out_proj.forward(&from_vec(y, tokens, di)?)
+    }
+
+    /// llama.cpp's arithmetic ([`ggml_ssm`]): conv and dt per sequence, then every sequence's
+    /// tokens one at a time through the recurrence as `ggml_ssm_scan` runs them (prefill
+    /// included; parallel over sequence and head), then the gate and the grouped norm.
+    fn forward_ggml(
+        &self,
+        rows: &mut [f32],
+        layout: RowLayout,
+        batch: &Batch,
+        states: Vec<(&mut [f32], &mut [f32])>,
+        y: &mut [f32],
+    ) {
+        let cfg = &self.cfg;
+        let (di, nh, p, n) = (cfg.d_inner(), cfg.n_heads, cfg.head_dim, cfg.d_state);
+        let seqs: Vec<SeqRows> = batch
+            .seqs
+            .iter()
+            .map(|s| SeqRows {
+                start: s.start,
+                len: s.len,
+            })
+            .collect();
+        let (convs, ssms): (Vec<_>, Vec<_>) = states.into_iter().unzip();
+        split_seqs(rows, layout.stride, &seqs)
+            .into_par_iter()
+            .zip(convs)
+            .for_each(|(part, conv)| {
+                let len = part.len() / layout.stride;
+                ggml_ssm::conv_silu_rows(
+                    part,
+                    layout.stride,
+                    layout.x,
+                    len,
+                    conv,
+                    &self.conv_weight,
+                    &self.conv_bias,
+                );
+                for row in part.chunks_exact_mut(layout.stride) {
+                    for (v, b) in row[layout.dt..layout.dt + nh].iter_mut().zip(&self.dt_bias) {
+                        *v = ggml_ssm::softplus(*v + b);
+                    }
+                }
+            });
+        let rows = &*rows;
+        let heads_per_group = nh / cfg.n_groups;
+        let out = YPtr(y.as_mut_ptr());
+        let out = &out;
+        let tasks: Vec<(SeqRows, usize, &mut [f32])> = ssms
+            .into_iter()
+            .zip(&seqs)
+            .flat_map(|(ssm, s)| {
+                ssm.chunks_mut(p * n)
+                    .enumerate()
+                    .map(move |(h, st)| (*s, h, st))
+            })
+            .collect();
+        tasks.into_par_iter().for_each(|(s, h, st)| {
+            let g = h / heads_per_group;
+            for t in s.start..s.start + s.len {
+                let row = &rows[t * layout.stride..(t + 1) * layout.stride];
+                // SAFETY: token `t`'s head `h` (`p` values inside `y`, which holds
+                // `tokens * di`) belongs to this task alone.
+                let yh = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * di + h * p), p) };
+                ggml_ssm::scan_head_token(
+                    &row[layout.x + h * p..layout.x + (h + 1) * p],
+                    &row[layout.b + g * n..layout.b + (g + 1) * n],
+                    &row[layout.c + g * n..layout.c + (g + 1) * n],
+                    row[layout.dt + h],
+                    self.a[h],
+                    self.d[h],
+                    st,
+                    yh,
+                );
+            }
+        });
+        let group = di / cfg.n_groups;
+        let eps = cfg.norm_eps as f32;
+        y.par_chunks_mut(di)
+            .zip(rows.par_chunks(layout.stride))
+            .for_each(|(yr, row)| {
+                // ggml gates per head (rows of `head_dim`).
+                for (yh, zh) in yr.chunks_mut(p).zip(row[..di].chunks(p)) {
+                    ggml_math::swiglu_in_place(zh, yh);
+                }
+                for (g, w) in yr.chunks_mut(group).zip(self.norm_weight.chunks(group)) {
+                    rms_normalize(g, w, eps);
+                }
+            });
     }
 
     /// Conv + SiLU and dt activation of every sequence's rows, in place, in parallel over

@@ -10,9 +10,9 @@ use candle_core::{DType, Device, Module, Storage, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kernels::cpu::bf16_matmul::{self, Activations};
-use crate::kernels::cpu::{ggml_bf16, ggml_matmul};
 use crate::kernels::cpu::matmul::MAX_SKINNY_ROWS;
 use crate::kernels::cpu::packed_bf16::{bf16_value, PackedBf16};
+use crate::kernels::cpu::{ggml_bf16, ggml_matmul};
 
 /// When a bf16 matrix multiplies with activations rounded to bf16 (the fast `vdpbf16ps`
 /// path) instead of the exact f32 ones.

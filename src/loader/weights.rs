@@ -189,6 +189,20 @@ impl WeightStore {
         }
     }
 
+    /// A GGUF tensor as llama.cpp holds it, without undoing the converter's rewrite (e.g.
+    /// Mamba2's stored `A = -exp(A_log)` for `A_log`); `None` for other checkpoints.
+    pub fn gguf_as_stored(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        let Backend::Gguf(g) = &self.backend else {
+            return Ok(None);
+        };
+        let src = g.names.get(name).ok_or_else(|| self.missing(name))?;
+        let stored = gguf::Source {
+            parts: src.parts.clone(),
+            transform: gguf::Transform::None,
+        };
+        Ok(Some(g.file.dequantize(name, &stored, shape)?))
+    }
+
     /// Whether the checkpoint holds a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
         match &self.backend {

@@ -358,6 +358,8 @@ pub struct GraniteHybrid {
     lm_head: Option<Linear>,
     specs: Vec<LayerCacheSpec>,
     info: ModelInfo,
+    /// llama.cpp's arithmetic (GGUF files).
+    ggml: bool,
 }
 
 /// Builds a [`GraniteHybrid`] from a parsed config and its weights.
@@ -455,6 +457,7 @@ pub fn load(config: &serde_json::Value, store: &WeightStore) -> Result<Box<dyn M
         lm_head,
         specs,
         info,
+        ggml: store.gguf().is_some(),
     }))
 }
 
@@ -468,9 +471,11 @@ impl Model for GraniteHybrid {
         let mut x = self
             .embed
             .forward(&batch.tokens, self.cfg.embedding_multiplier)?;
-        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let last = self.layers.len() - 1;
+        for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
+        {
             let h = layer.input_norm.forward(&x)?;
-            let m = match (&layer.mixer, layer_cache) {
+            let mut m = match (&layer.mixer, layer_cache) {
                 (Mixer::Attention(a), LayerCache::Attention(kv)) => a.forward(&h, batch, kv)?,
                 (Mixer::Mamba(m), LayerCache::Recurrent(st)) => m.forward(&h, batch, st)?,
                 _ => {
@@ -480,6 +485,16 @@ impl Model for GraniteHybrid {
                     ))
                 }
             };
+            if i == last {
+                // Past the last mixer only the rows whose logits are asked for matter (llama.cpp
+                // selects them here too, and the number of rows decides its matmul kernels).
+                let (Some(xs), Some(ms)) =
+                    (select_logit_rows(&x, batch)?, select_logit_rows(&m, batch)?)
+                else {
+                    return no_logits(self.cfg.vocab_size);
+                };
+                (x, m) = (xs, ms);
+            }
             x = (x + m.affine(res, 0.0)?)?;
             let h2 = layer.post_norm.forward(&x)?;
             let mut f = layer.shared_mlp.forward(&h2)?;
@@ -488,12 +503,14 @@ impl Model for GraniteHybrid {
             }
             x = (x + f.affine(res, 0.0)?)?;
         }
-        let Some(x) = select_logit_rows(&x, batch)? else {
-            return no_logits(self.cfg.vocab_size);
-        };
         let x = self.norm.forward(&x)?;
         let logits = project(self.lm_head.as_ref(), &self.embed, &x)?;
-        Ok((logits / self.cfg.logits_scaling)?)
+        Ok(if self.ggml {
+            // llama.cpp scales by the f32 reciprocal.
+            logits.affine((1.0 / self.cfg.logits_scaling as f32) as f64, 0.0)?
+        } else {
+            (logits / self.cfg.logits_scaling)?
+        })
     }
 
     fn cache_specs(&self) -> &[LayerCacheSpec] {

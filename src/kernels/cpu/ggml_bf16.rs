@@ -101,7 +101,15 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
                         }
                     }
                 } else {
-                    plain_group(w, p * PANEL + g * GROUP, live, xi, tiny, &mut row, &mut vals);
+                    plain_group(
+                        w,
+                        p * PANEL + g * GROUP,
+                        live,
+                        xi,
+                        tiny,
+                        &mut row,
+                        &mut vals,
+                    );
                 }
                 for (l, v) in vals.iter().enumerate().take(live) {
                     // SAFETY: row `i < m`, column `p * PANEL + g * GROUP + l < n`: inside `y`
@@ -138,7 +146,11 @@ fn plain_group(
     row.resize(w.cols(), 0.0);
     for (l, v) in vals.iter_mut().enumerate().take(live) {
         w.row_f32(first + l, row);
-        *v = if tiny { tiny_dot(x, row) } else { vec_dot(x, row) };
+        *v = if tiny {
+            tiny_dot(x, row)
+        } else {
+            vec_dot(x, row)
+        };
     }
 }
 
@@ -283,9 +295,21 @@ mod tests {
                     } else {
                         vec_dot(xi, &row)
                     };
-                    assert_eq!(y[i * n + j].to_bits(), want.to_bits(), "{m}x{k}x{n} [{i},{j}]");
-                    let exact: f64 = xi.iter().zip(&row).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    let scale: f64 = xi.iter().zip(&row).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                    assert_eq!(
+                        y[i * n + j].to_bits(),
+                        want.to_bits(),
+                        "{m}x{k}x{n} [{i},{j}]"
+                    );
+                    let exact: f64 = xi
+                        .iter()
+                        .zip(&row)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    let scale: f64 = xi
+                        .iter()
+                        .zip(&row)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
                     assert!((want as f64 - exact).abs() <= 1e-6 * scale + 1e-30);
                 }
             }
