@@ -258,19 +258,18 @@ fn gemma3_q4_k_m_agrees_with_llama_cpp() {
     );
 }
 
+/// Issue 4 item 5: a full-size random-weight granite-4.0-h-350m converted by llama.cpp's
+/// converter gives llama.cpp's greedy tokens, all 40 of every reference prompt (logits bit for
+/// bit: src/kernels/ggml_ssm.rs, src/kernels/cpu/ggml_bf16.rs).
 #[test]
 fn granite_hybrid_bf16_gguf_agrees_with_llama_cpp() {
-    let how = "python3 scripts/convert_granite_gguf.py";
     check_model(
         "granite-4.0-h-350m-bf16.gguf",
-        how,
+        "python3 scripts/convert_granite_gguf.py",
         "granite_bf16",
-        false,
-        0.93,
+        true,
+        1.0,
     );
-    // Issue 4 item 5 asks for >= 32 equal greedy tokens; not met yet (the Mamba2 ops are not
-    // llama.cpp's bit for bit), so check_model reports the divergences and asserts the
-    // teacher-forced rate.
 }
 
 #[test]
@@ -279,8 +278,8 @@ fn granite_hybrid_q8_0_gguf_agrees_with_llama_cpp() {
         "granite-4.0-h-350m-q8_0.gguf",
         "python3 scripts/convert_granite_gguf.py",
         "granite_q8_0",
-        false,
-        0.90,
+        true,
+        1.0,
     );
 }
 
