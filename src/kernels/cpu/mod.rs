@@ -6,3 +6,4 @@ pub mod bf16_tiles;
 pub mod ggml_matmul;
 pub mod matmul;
 pub mod packed_bf16;
+pub mod tinyblas_bf16;
