@@ -7,3 +7,4 @@ pub mod ggml_bf16;
 pub mod ggml_matmul;
 pub mod matmul;
 pub mod packed_bf16;
+pub mod tinyblas_bf16;
