@@ -87,6 +87,17 @@ pub fn swiglu_plain(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
 /// `ggml_vec_silu_f32` in place: the vector SiLU over whole 8-lane groups from the start of
 /// `v`, libm's for the rest.
 pub fn silu_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA are present (checked).
+        unsafe { avx2::silu_in_place(v) };
+        return;
+    }
+    silu_in_place_plain(v);
+}
+
+/// [`silu_in_place`] one lane at a time (the twin of the vector version).
+pub fn silu_in_place_plain(v: &mut [f32]) {
     let whole = v.len() / LANES * LANES;
     for (i, x) in v.iter_mut().enumerate() {
         *x = if i < whole {
@@ -99,6 +110,17 @@ pub fn silu_in_place(v: &mut [f32]) {
 
 /// `ggml_vec_swiglu_f32` written over `up`: `up[i] = silu(gate[i]) · up[i]`.
 pub fn swiglu_in_place(gate: &[f32], up: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA are present (checked).
+        unsafe { avx2::swiglu_in_place(gate, up) };
+        return;
+    }
+    swiglu_in_place_plain(gate, up);
+}
+
+/// [`swiglu_in_place`] one lane at a time (the twin of the vector version).
+pub fn swiglu_in_place_plain(gate: &[f32], up: &mut [f32]) {
     let whole = gate.len() / LANES * LANES;
     for (i, (g, u)) in gate.iter().zip(up.iter_mut()).enumerate() {
         let s = if i < whole {
@@ -298,6 +320,41 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// `x / (1 + exp(-x))` on 8 lanes (`ggml_v_silu`).
+    #[inline(always)]
+    unsafe fn v_silu8(x: __m256) -> __m256 {
+        let e = v_expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    }
+
+    /// [`super::silu_in_place_plain`] on 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_in_place(v: &mut [f32]) {
+        let mut chunks = v.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr();
+            _mm256_storeu_ps(p, v_silu8(_mm256_loadu_ps(p)));
+        }
+        for x in chunks.into_remainder() {
+            *x = scalar_silu(*x);
+        }
+    }
+
+    /// [`super::swiglu_in_place_plain`] on 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu_in_place(gate: &[f32], up: &mut [f32]) {
+        let n = gate.len().min(up.len());
+        let whole = n / LANES * LANES;
+        for i in (0..whole).step_by(LANES) {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let u = up.as_mut_ptr().add(i);
+            _mm256_storeu_ps(u, _mm256_mul_ps(v_silu8(g), _mm256_loadu_ps(u)));
+        }
+        for j in whole..n {
+            up[j] *= scalar_silu(gate[j]);
+        }
+    }
+
     /// [`super::softmax_plain`] with the exponentials on 8 lanes.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_in_place(v: &mut [f32]) {
@@ -349,6 +406,15 @@ mod tests {
             swiglu(&gate, &up, &mut a);
             swiglu_plain(&gate, &up, &mut b);
             assert_eq!(a, b);
+            let (mut c, mut d) = (up.clone(), up.clone());
+            swiglu_in_place(&gate, &mut c);
+            swiglu_in_place_plain(&gate, &mut d);
+            assert_eq!(c, d);
+            assert_eq!(c, a);
+            let (mut e, mut f) = (gate.clone(), gate.clone());
+            silu_in_place(&mut e);
+            silu_in_place_plain(&mut f);
+            assert_eq!(e, f);
             for len in [1, 7, 8, 9, 31, 203] {
                 let mut scores: Vec<f32> = gate[..len].iter().map(|v| v * 20.0).collect();
                 let mut plain = scores.clone();

@@ -10,13 +10,16 @@
 //! - two or more rows (prefill): llamafile's tinyBLAS: one 8-lane FMA accumulator per output
 //!   (column `i` in lane `i % 8`), reduced the same way.
 //!
-//! The plain versions ([`vec_dot`], [`tiny_dot`]) state those orders on one row; the AVX2
-//! kernels run them on eight weight rows at once (one per vector lane) straight from the
-//! [`PackedBf16`] panels, and must equal the plain versions bit for bit (tested).
+//! The plain versions ([`vec_dot`], [`tiny_dot`]) state those orders on one row. The batched
+//! order runs in [`super::tinyblas_bf16`]'s GEMM; the one-row order here, on eight weight rows
+//! at once (one per vector lane) straight from the [`PackedBf16`] panels. Both equal the plain
+//! versions bit for bit (tested).
 
 use rayon::prelude::*;
 
 use super::packed_bf16::{bf16_bits, bf16_value, PackedBf16, PANEL};
+use super::tinyblas_bf16;
+pub use super::tinyblas_bf16::tiny_dot;
 use crate::kernels::ggml_math::hsum_movehl;
 
 /// Weight rows per vector kernel call (one per f32 lane).
@@ -49,15 +52,6 @@ pub fn vec_dot(x: &[f32], w: &[f32]) -> f32 {
     sum as f32
 }
 
-/// tinyBLAS's BF16 kernel (AVX2) on one row: `x` and `w` hold bf16 values, `k % 8 == 0`.
-pub fn tiny_dot(x: &[f32], w: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (i, (a, b)) in x.iter().zip(w).enumerate() {
-        acc[i % 8] = a.mul_add(*b, acc[i % 8]);
-    }
-    hsum_movehl(&acc)
-}
-
 struct OutPtr(*mut f32);
 // SAFETY: each task writes the columns of its own panel only (see `matmul_t`).
 unsafe impl Send for OutPtr {}
@@ -77,7 +71,11 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
     }
     let xr = round_activations(&x[..m * k]);
     let tiny = uses_tinyblas(m, k);
-    let fast = has_avx2_fma();
+    if tiny && tinyblas_bf16::supported(k) {
+        tinyblas_bf16::matmul_t(&xr, m, w, y);
+        return;
+    }
+    let fast = has_avx2_fma() && !tiny;
     let out = OutPtr(y.as_mut_ptr());
     let out = &out;
     (0..w.panels()).into_par_iter().for_each(|p| {
@@ -94,12 +92,8 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
                     // `pairs * PANEL` words and `g * GROUP + GROUP <= PANEL`.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        if tiny {
-                            x86::tiny_group(panel, g, w.pairs(), xi, &mut vals);
-                        } else {
-                            x86::vec_dot_group(panel, g, k, xi, &mut vals);
-                        }
-                    }
+                        x86::vec_dot_group(panel, g, k, xi, &mut vals)
+                    };
                 } else {
                     plain_group(
                         w,
@@ -177,29 +171,6 @@ mod x86 {
     unsafe fn reduce(v: &[__m256; 8]) -> __m256 {
         let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(v[i + 4], v[i]));
         _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]))
-    }
-
-    /// [`super::tiny_dot`] for eight weight rows; `pairs * 2 == x.len()`, a multiple of 8.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tiny_group(
-        panel: &[u32],
-        g: usize,
-        pairs: usize,
-        x: &[f32],
-        out: &mut [f32; GROUP],
-    ) {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let xp = x.as_ptr();
-        for q0 in (0..pairs).step_by(4) {
-            for i in 0..4 {
-                let q = q0 + i;
-                let (e, o) = widen(panel, q, g);
-                acc[2 * i] = _mm256_fmadd_ps(e, _mm256_broadcast_ss(&*xp.add(2 * q)), acc[2 * i]);
-                acc[2 * i + 1] =
-                    _mm256_fmadd_ps(o, _mm256_broadcast_ss(&*xp.add(2 * q + 1)), acc[2 * i + 1]);
-            }
-        }
-        _mm256_storeu_ps(out.as_mut_ptr(), reduce(&acc));
     }
 
     /// [`super::vec_dot`] for eight weight rows over `k` columns.
