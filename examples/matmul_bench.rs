@@ -14,7 +14,7 @@ use nanovllm::kernels::cpu::bf16_matmul::{matmul_t, Activations};
 use nanovllm::kernels::cpu::bf16_tiles::Isa;
 use nanovllm::kernels::cpu::matmul::{matmul_xwt, WeightData, MAX_SKINNY_ROWS};
 use nanovllm::kernels::cpu::packed_bf16::PackedBf16;
-use nanovllm::kernels::cpu::tinyblas_bf16;
+use nanovllm::kernels::cpu::{ggml_bf16, tinyblas_bf16};
 use rayon::prelude::*;
 
 /// On-CPU seconds of all this process's threads (Linux schedstat), per pool thread.
@@ -75,8 +75,8 @@ fn main() -> candle_core::Result<()> {
         read_bandwidth()
     );
     println!(
-        "{:>5} {:>6} {:>6} | {:>8} {:>8} {:>9} {:>9} {:>9}  GFLOP/s | bf16 m=1 GB/s",
-        "m", "k", "n", "candle", "f32 ours", "bf16 exct", "bf16 fast", "tinyblas"
+        "{:>5} {:>6} {:>6} | {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}  GFLOP/s | bf16 m=1 GB/s",
+        "m", "k", "n", "candle", "f32 ours", "bf16 exct", "bf16 fast", "tinyblas", "ggml"
     );
     let shapes: &[(usize, usize)] = if quick {
         &[(768, 3376), (2048, 768)]
@@ -127,18 +127,23 @@ fn main() -> candle_core::Result<()> {
             } else {
                 f64::NAN
             };
+            let ggml = gflop
+                / best_of(reps, || {
+                    ggml_bf16::matmul_t(&x, m, &packed, &mut y);
+                });
             let stream = if m == 1 {
                 format!("{:.1}", packed.storage_bytes() as f64 / exact / 1e9)
             } else {
                 String::new()
             };
             println!(
-                "{m:>5} {k:>6} {n:>6} | {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9.1}  | {stream}",
+                "{m:>5} {k:>6} {n:>6} | {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}  | {stream}",
                 gflop / candle,
                 ours,
                 gflop / exact,
                 gflop / fast,
                 tiny,
+                ggml,
             );
         }
     }
@@ -193,6 +198,16 @@ fn decode_sweep() {
             matmul_t(&x[..k], 1, w, Activations::F32, &mut y[..n]);
         }
     });
+    let ggml = best_of(5, || {
+        for (w, &(k, n)) in mats.iter().zip(&shapes) {
+            ggml_bf16::matmul_t(&x[..k], 1, w, &mut y[..n]);
+        }
+    });
+    println!(
+        "decode sweep, llama.cpp order (ggml_bf16): {:.1} ms/token, {:.1} GB/s of weights",
+        ggml * 1e3,
+        bytes as f64 / ggml / 1e9,
+    );
     println!(
         "decode sweep (granite-4.0-h-350m matmuls, 1 row, bf16): {:.1} ms/token, {:.1} GB/s of weights, {} MB",
         secs * 1e3,

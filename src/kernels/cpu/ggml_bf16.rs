@@ -81,35 +81,24 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
     (0..w.panels()).into_par_iter().for_each(|p| {
         let panel = w.panel(p);
         let rows = PANEL.min(n - p * PANEL);
-        let mut vals = [0f32; GROUP];
+        let mut vals = [0f32; PANEL];
         let mut row = Vec::new();
-        for g in 0..rows.div_ceil(GROUP) {
-            let live = GROUP.min(rows - g * GROUP);
-            for i in 0..m {
-                let xi = &xr[i * k..(i + 1) * k];
-                if fast {
-                    // SAFETY: AVX2 and FMA are present (`fast`); the panel holds
-                    // `pairs * PANEL` words and `g * GROUP + GROUP <= PANEL`.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        x86::vec_dot_group(panel, g, k, xi, &mut vals)
-                    };
-                } else {
-                    plain_group(
-                        w,
-                        p * PANEL + g * GROUP,
-                        live,
-                        xi,
-                        tiny,
-                        &mut row,
-                        &mut vals,
-                    );
-                }
-                for (l, v) in vals.iter().enumerate().take(live) {
-                    // SAFETY: row `i < m`, column `p * PANEL + g * GROUP + l < n`: inside `y`
-                    // (asserted above) and written by this panel's task only.
-                    unsafe { *out.0.add(i * n + p * PANEL + g * GROUP + l) = *v };
-                }
+        for i in 0..m {
+            let xi = &xr[i * k..(i + 1) * k];
+            if fast {
+                // SAFETY: AVX2 and FMA are present (`fast`); the panel holds `pairs * PANEL`
+                // words.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::vec_dot_panel(panel, rows.div_ceil(GROUP), k, xi, &mut vals)
+                };
+            } else {
+                plain_panel(w, p * PANEL, rows, xi, tiny, &mut row, &mut vals);
+            }
+            for (r, v) in vals.iter().enumerate().take(rows) {
+                // SAFETY: row `i < m`, column `p * PANEL + r < n`: inside `y` (asserted
+                // above) and written by this panel's task only.
+                unsafe { *out.0.add(i * n + p * PANEL + r) = *v };
             }
         }
     });
@@ -127,19 +116,19 @@ fn has_avx2_fma() -> bool {
     }
 }
 
-/// The plain kernels on `live` weight rows from `first` (any CPU).
-fn plain_group(
+/// The plain kernels on `rows` weight rows from `first` (any CPU).
+fn plain_panel(
     w: &PackedBf16,
     first: usize,
-    live: usize,
+    rows: usize,
     x: &[f32],
     tiny: bool,
     row: &mut Vec<f32>,
-    vals: &mut [f32; GROUP],
+    vals: &mut [f32; PANEL],
 ) {
     row.resize(w.cols(), 0.0);
-    for (l, v) in vals.iter_mut().enumerate().take(live) {
-        w.row_f32(first + l, row);
+    for (r, v) in vals.iter_mut().enumerate().take(rows) {
+        w.row_f32(first + r, row);
         *v = if tiny {
             tiny_dot(x, row)
         } else {
@@ -173,54 +162,73 @@ mod x86 {
         _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]))
     }
 
-    /// [`super::vec_dot`] for eight weight rows over `k` columns.
+    /// 32-column blocks per k-chunk: a chunk of the panel (32 rows × 256 columns, 16 KiB)
+    /// stays in L1 for the sixteen passes over it.
+    const CHUNK_BLOCKS: usize = 8;
+
+    /// [`super::vec_dot`] for the `groups` eight-row groups of a panel over `k` columns, into
+    /// `out[g * 8 + l]`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn vec_dot_group(
+    pub(super) unsafe fn vec_dot_panel(
         panel: &[u32],
-        g: usize,
+        groups: usize,
         k: usize,
         x: &[f32],
-        out: &mut [f32; GROUP],
+        out: &mut [f32; PANEL],
     ) {
         let blocks = k / 32;
         let xp = x.as_ptr();
-        // Accumulator `r` (column residue mod 32) for the eight rows, four residue pairs at a
-        // time so the eight live accumulators stay in registers.
-        let mut res = [_mm256_setzero_ps(); 32];
-        for pass in 0..4 {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for b in 0..blocks {
-                for i in 0..4 {
-                    let q = b * 16 + pass * 4 + i;
-                    let (e, o) = widen(panel, q, g);
-                    acc[2 * i] =
-                        _mm256_fmadd_ps(e, _mm256_broadcast_ss(&*xp.add(2 * q)), acc[2 * i]);
-                    acc[2 * i + 1] = _mm256_fmadd_ps(
-                        o,
-                        _mm256_broadcast_ss(&*xp.add(2 * q + 1)),
-                        acc[2 * i + 1],
-                    );
+        let wp = panel.as_ptr();
+        // Accumulator `r` (column residue mod 32) of each group's eight rows; the chain of
+        // each runs over the blocks in order, chunk after chunk, as ggml's does.
+        let mut res = [[_mm256_setzero_ps(); 32]; PANEL / GROUP];
+        for b0 in (0..blocks).step_by(CHUNK_BLOCKS) {
+            let b1 = blocks.min(b0 + CHUNK_BLOCKS);
+            // One residue pair per pass, for all four row groups: the pair's two activations
+            // are broadcast once for the panel's 32 rows (a partial panel's missing rows are
+            // zeros in the packing).
+            for pair in 0..16 {
+                let mut acc: [__m256; 8] = std::array::from_fn(|j| res[j / 2][2 * pair + j % 2]);
+                for b in b0..b1 {
+                    // Ask for the next chunk while this one is in L1, two of a block's 32
+                    // lines per pass (a hint: past the panel's end it is ignored).
+                    let next = wp.wrapping_add((b + CHUNK_BLOCKS) * 16 * PANEL + pair * PANEL);
+                    _mm_prefetch(next as *const i8, _MM_HINT_T0);
+                    _mm_prefetch(next.wrapping_add(16) as *const i8, _MM_HINT_T0);
+                    let q = b * 16 + pair;
+                    let xe = _mm256_broadcast_ss(&*xp.add(2 * q));
+                    let xo = _mm256_broadcast_ss(&*xp.add(2 * q + 1));
+                    for g in 0..PANEL / GROUP {
+                        let (e, o) = widen(panel, q, g);
+                        acc[2 * g] = _mm256_fmadd_ps(e, xe, acc[2 * g]);
+                        acc[2 * g + 1] = _mm256_fmadd_ps(o, xo, acc[2 * g + 1]);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    res[j / 2][2 * pair + j % 2] = *a;
                 }
             }
-            res[pass * 8..pass * 8 + 8].copy_from_slice(&acc);
         }
-        // c1..c4 are residues 0-7, 8-15, 16-23, 24-31: (c1 + c3) + (c2 + c4), lane by lane.
-        let s: [__m256; 8] = std::array::from_fn(|l| {
-            _mm256_add_ps(
-                _mm256_add_ps(res[l], res[16 + l]),
-                _mm256_add_ps(res[8 + l], res[24 + l]),
-            )
-        });
-        _mm256_storeu_ps(out.as_mut_ptr(), reduce(&s));
-        if blocks * 32 < k {
-            for (l, o) in out.iter_mut().enumerate() {
-                let mut sum = *o as f64;
-                for c in blocks * 32..k {
-                    let v = panel[(c / 2) * PANEL + g * GROUP + l];
-                    let wv = f32::from_bits(if c % 2 == 0 { v << 16 } else { v & 0xFFFF_0000 });
-                    sum += (x[c] * wv) as f64;
+        for (g, rg) in res.iter().enumerate().take(groups) {
+            // c1..c4 are residues 0-7, 8-15, 16-23, 24-31: (c1 + c3) + (c2 + c4), lane by lane.
+            let s: [__m256; 8] = std::array::from_fn(|l| {
+                _mm256_add_ps(
+                    _mm256_add_ps(rg[l], rg[16 + l]),
+                    _mm256_add_ps(rg[8 + l], rg[24 + l]),
+                )
+            });
+            let o = &mut out[g * GROUP..(g + 1) * GROUP];
+            _mm256_storeu_ps(o.as_mut_ptr(), reduce(&s));
+            if blocks * 32 < k {
+                for (l, o) in o.iter_mut().enumerate() {
+                    let mut sum = *o as f64;
+                    for c in blocks * 32..k {
+                        let v = panel[(c / 2) * PANEL + g * GROUP + l];
+                        let wv = f32::from_bits(if c % 2 == 0 { v << 16 } else { v & 0xFFFF_0000 });
+                        sum += (x[c] * wv) as f64;
+                    }
+                    *o = sum as f32;
                 }
-                *o = sum as f32;
             }
         }
     }
