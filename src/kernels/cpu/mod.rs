@@ -3,6 +3,7 @@
 
 pub mod bf16_matmul;
 pub mod bf16_tiles;
+mod ggml_kquants;
 pub mod ggml_matmul;
 pub mod matmul;
 pub mod packed_bf16;
