@@ -21,17 +21,22 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::ggml_kquants_avx2;
 use super::ggml_matmul::{f16_at, hsum8, quantize_q8k_block, task_columns, transpose, Q8kTie};
 use crate::error::{Error, Result};
 
 const QK: usize = 256;
-const Q4K_BYTES: usize = 144;
-const Q6K_BYTES: usize = 210;
-const Q8K_BYTES: usize = 292;
+/// Bytes of a Q4_K block.
+pub(super) const Q4K_BYTES: usize = 144;
+/// Bytes of a Q6_K block.
+pub(super) const Q6K_BYTES: usize = 210;
+/// Bytes of a Q8_K block.
+pub(super) const Q8K_BYTES: usize = 292;
 
 /// Which of ggml's kernels (and so which float order) computes one output row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(super) enum Kernel {
     /// `ggml_gemv_q4_K_8x8_q8_K`.
     Q4kGemv,
     /// `ggml_gemm_q4_K_8x8_q8_K`.
@@ -45,7 +50,8 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn weight_bytes(self) -> usize {
+    /// Bytes per weight block.
+    pub(super) fn weight_bytes(self) -> usize {
         match self {
             Kernel::Q4kGemv | Kernel::Q4kGemm | Kernel::Q4kTiled => Q4K_BYTES,
             Kernel::Q6kVecDot | Kernel::Q6kTiled => Q6K_BYTES,
@@ -86,6 +92,22 @@ fn run(
     split: usize,
     kernels: (Kernel, Kernel),
 ) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    let fast = use_avx2();
+    #[cfg(not(target_arch = "x86_64"))]
+    let fast = false;
+    run_on(w, x, (m, k, n), split, kernels, fast)
+}
+
+/// [`run`] with the AVX2 kernels (`fast`) or the plain ones.
+fn run_on(
+    w: &[u8],
+    x: &[f32],
+    (m, k, n): (usize, usize, usize),
+    split: usize,
+    kernels: (Kernel, Kernel),
+    fast: bool,
+) -> Result<Vec<f32>> {
     let kb = k / QK;
     let wsize = kernels.0.weight_bytes();
     if !k.is_multiple_of(QK) || w.len() != n * kb * wsize || x.len() != m * k {
@@ -96,8 +118,6 @@ fn run(
         });
     }
     let xq = quantize(x, k, split);
-    #[cfg(target_arch = "x86_64")]
-    let fast = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     let mut out_t = vec![0f32; n * m];
     let cols = task_columns(m, k, n);
     let rows = Rows {
@@ -114,11 +134,13 @@ fn run(
             let wc = &w[first * kb * wsize..];
             #[cfg(target_arch = "x86_64")]
             if fast {
-                // SAFETY: the CPU has AVX2 and FMA (checked above); sizes checked above.
-                unsafe { columns_avx2(&rows, wc, chunk, m.max(1)) };
+                // SAFETY: the CPU has AVX2, FMA and F16C (checked above); `wc` holds the weight
+                // rows of this chunk and `xq` all `m` activation rows (sizes checked above).
+                unsafe { ggml_kquants_avx2::columns(&rows, wc, chunk, m.max(1)) };
                 return;
             }
-            columns::<false>(&rows, wc, chunk, m.max(1));
+            let _ = fast;
+            columns_plain(&rows, wc, chunk, m.max(1));
         });
     Ok(transpose(out_t, m, n))
 }
@@ -138,56 +160,61 @@ fn quantize(x: &[f32], k: usize, positive_rows: usize) -> Vec<u8> {
     out
 }
 
+/// Whether the AVX2 kernels run (the CPU has AVX2, FMA and F16C).
+#[cfg(target_arch = "x86_64")]
+fn use_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
 /// The quantized activations and which kernel serves which of their rows.
-struct Rows<'a> {
-    xq: &'a [u8],
-    kb: usize,
+pub(super) struct Rows<'a> {
+    /// `m` rows of `kb` Q8_K blocks.
+    pub xq: &'a [u8],
+    /// Blocks per row.
+    pub kb: usize,
     split: usize,
     kernels: (Kernel, Kernel),
 }
 
-/// Output columns (weight rows of `w`, from its start) against every activation row, into
-/// `out` (column-major, `m` per column).
-#[inline(always)]
-fn columns<const AVX: bool>(rows: &Rows, w: &[u8], out: &mut [f32], m: usize) {
-    let wsize = rows.kernels.0.weight_bytes();
-    let (kb, arow) = (rows.kb, rows.kb * Q8K_BYTES);
+impl Rows<'_> {
+    /// The kernel of activation row `i`.
+    pub(super) fn kernel(&self, i: usize) -> Kernel {
+        if i < self.split {
+            self.kernels.0
+        } else {
+            self.kernels.1
+        }
+    }
+
+    /// Bytes per weight row.
+    pub(super) fn weight_row_bytes(&self) -> usize {
+        self.kb * self.kernels.0.weight_bytes()
+    }
+}
+
+/// The plain kernels: output columns (weight rows of `w`, from its start) against every
+/// activation row, into `out` (column-major, `m` per column), one dot product at a time.
+fn columns_plain(rows: &Rows, w: &[u8], out: &mut [f32], m: usize) {
+    let (wrow, arow) = (rows.weight_row_bytes(), rows.kb * Q8K_BYTES);
     for (j, col) in out.chunks_mut(m).enumerate() {
-        let wr = &w[j * kb * wsize..(j + 1) * kb * wsize];
+        let wr = &w[j * wrow..(j + 1) * wrow];
         for (i, o) in col.iter_mut().enumerate() {
-            let kernel = if i < rows.split {
-                rows.kernels.0
-            } else {
-                rows.kernels.1
+            let a = &rows.xq[i * arow..(i + 1) * arow];
+            *o = match rows.kernel(i) {
+                k @ (Kernel::Q6kVecDot | Kernel::Q6kTiled) => dot_q6k(k, wr, a),
+                k => dot_q4k(k, wr, a),
             };
-            *o = dot::<AVX>(kernel, wr, &rows.xq[i * arow..(i + 1) * arow]);
         }
     }
 }
 
-/// [`columns`] with the AVX2 integer sums.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn columns_avx2(rows: &Rows, w: &[u8], out: &mut [f32], m: usize) {
-    columns::<true>(rows, w, out, m)
-}
-
-/// One output: weight row `w` against activation row `a` (Q8_K blocks) as `kernel` does it.
-#[inline(always)]
-fn dot<const AVX: bool>(kernel: Kernel, w: &[u8], a: &[u8]) -> f32 {
-    match kernel {
-        Kernel::Q4kGemv | Kernel::Q4kGemm | Kernel::Q4kTiled => dot_q4k::<AVX>(kernel, w, a),
-        Kernel::Q6kVecDot | Kernel::Q6kTiled => dot_q6k::<AVX>(kernel, w, a),
-    }
-}
-
-#[inline(always)]
-fn dot_q4k<const AVX: bool>(kernel: Kernel, w: &[u8], a: &[u8]) -> f32 {
+fn dot_q4k(kernel: Kernel, w: &[u8], a: &[u8]) -> f32 {
     let (mut acc, mut accm) = (0f32, 0f32);
     for (wb, ab) in w.chunks_exact(Q4K_BYTES).zip(a.chunks_exact(Q8K_BYTES)) {
         let (sc, mn) = q4k_scales_mins(&wb[4..16]);
-        let dots = q4k_dots::<AVX>(wb, &sc, ab);
-        let mins = q4k_min_sums(&mn, ab);
+        let (dots, mins) = q4k_sums(wb, sc, mn, ab);
         let (d, dmin, da) = (f16_at(wb, 0), f16_at(wb, 2), q8k_d(ab));
         match kernel {
             Kernel::Q4kGemm => {
@@ -210,12 +237,11 @@ fn dot_q4k<const AVX: bool>(kernel: Kernel, w: &[u8], a: &[u8]) -> f32 {
     acc - accm
 }
 
-#[inline(always)]
-fn dot_q6k<const AVX: bool>(kernel: Kernel, w: &[u8], a: &[u8]) -> f32 {
+fn dot_q6k(kernel: Kernel, w: &[u8], a: &[u8]) -> f32 {
     let mut lanes_acc = [0f32; 8];
     let mut acc = 0f32;
     for (wb, ab) in w.chunks_exact(Q6K_BYTES).zip(a.chunks_exact(Q8K_BYTES)) {
-        let lanes = q6k_lanes::<AVX>(wb, ab);
+        let lanes = q6k_lanes(wb, ab);
         let (d, da) = (f16_at(wb, 208), q8k_d(ab));
         if kernel == Kernel::Q6kVecDot {
             let dd = da * d;
@@ -241,7 +267,7 @@ fn sum(v: &[i32]) -> i32 {
 
 /// A Q8_K block's scale.
 #[inline(always)]
-fn q8k_d(a: &[u8]) -> f32 {
+pub(super) fn q8k_d(a: &[u8]) -> f32 {
     f32::from_le_bytes([a[0], a[1], a[2], a[3]])
 }
 
@@ -251,69 +277,54 @@ fn q8k_bsum(a: &[u8], j: usize) -> i32 {
     i16::from_le_bytes([a[260 + 2 * j], a[261 + 2 * j]]) as i32
 }
 
-/// ggml's `get_scale_min_k4` for the 8 sub-blocks of a Q4_K block: (scales, mins).
+/// ggml's `get_scale_min_k4` for the 8 sub-blocks of a Q4_K block, by its 32-bit mask trick:
+/// (scales, mins), one byte per sub-block, little-endian.
 #[inline(always)]
-fn q4k_scales_mins(s: &[u8]) -> ([i32; 8], [i32; 8]) {
-    let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
-    for j in 0..4 {
-        sc[j] = (s[j] & 63) as i32;
-        mn[j] = (s[j + 4] & 63) as i32;
-        sc[j + 4] = ((s[j + 8] & 0xF) | ((s[j] >> 6) << 4)) as i32;
-        mn[j + 4] = ((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4)) as i32;
-    }
-    (sc, mn)
+pub(super) fn q4k_scales_mins(s: &[u8]) -> (u64, u64) {
+    const K1: u32 = 0x3f3f3f3f;
+    const K2: u32 = 0x0f0f0f0f;
+    const K3: u32 = 0x03030303;
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let sc_hi = (u2 & K2) | (((u0 >> 6) & K3) << 4);
+    let mn_hi = ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4);
+    (
+        (u0 & K1) as u64 | (sc_hi as u64) << 32,
+        (u1 & K1) as u64 | (mn_hi as u64) << 32,
+    )
 }
 
-/// Per 64-value pair `p` of sub-blocks: `min[2p]·Σq8[2p] + min[2p+1]·Σq8[2p+1]`.
+/// Byte `j` of a little-endian packed `u64`.
 #[inline(always)]
-fn q4k_min_sums(mn: &[i32; 8], a: &[u8]) -> [i32; 4] {
-    std::array::from_fn(|p| {
-        let s0 = q8k_bsum(a, 4 * p) + q8k_bsum(a, 4 * p + 1);
-        let s1 = q8k_bsum(a, 4 * p + 2) + q8k_bsum(a, 4 * p + 3);
-        mn[2 * p] * s0 + mn[2 * p + 1] * s1
-    })
+fn byte(v: u64, j: usize) -> i32 {
+    ((v >> (8 * j)) & 0xFF) as i32
 }
 
-/// Per 64-value pair `p` of sub-blocks: `sc[2p]·Σ q4·q8 + sc[2p+1]·Σ q4·q8`.
-#[inline(always)]
-fn q4k_dots<const AVX: bool>(w: &[u8], sc: &[i32; 8], a: &[u8]) -> [i32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: AVX is only true inside `columns_avx2` (AVX2 detected); `w` is a whole
-        // Q4_K block and `a` a whole Q8_K block (`chunks_exact`).
-        return unsafe { avx2::q4k_dots(w, sc, a) };
-    }
-    q4k_dots_plain(w, sc, a)
-}
-
-/// The plain twin of [`avx2::q4k_dots`].
-fn q4k_dots_plain(w: &[u8], sc: &[i32; 8], a: &[u8]) -> [i32; 4] {
+/// Per 64-value pair `p` of sub-blocks: `sc[2p]·Σ q4·q8 + sc[2p+1]·Σ q4·q8`, and
+/// `min[2p]·Σq8[2p] + min[2p+1]·Σq8[2p+1]` (the AVX2 kernels compute the same integers with
+/// `maddubs`/`madd`).
+fn q4k_sums(w: &[u8], sc: u64, mn: u64, a: &[u8]) -> ([i32; 4], [i32; 4]) {
     let (qs, q8) = (&w[16..144], &a[4..260]);
-    std::array::from_fn(|p| {
+    let dots = std::array::from_fn(|p| {
         let (mut lo, mut hi) = (0i32, 0i32);
         for l in 0..32 {
             let q = qs[32 * p + l];
             lo += (q & 15) as i32 * q8[64 * p + l] as i8 as i32;
             hi += (q >> 4) as i32 * q8[64 * p + 32 + l] as i8 as i32;
         }
-        sc[2 * p] * lo + sc[2 * p + 1] * hi
-    })
+        byte(sc, 2 * p) * lo + byte(sc, 2 * p + 1) * hi
+    });
+    let mins = std::array::from_fn(|p| {
+        let s0 = q8k_bsum(a, 4 * p) + q8k_bsum(a, 4 * p + 1);
+        let s1 = q8k_bsum(a, 4 * p + 2) + q8k_bsum(a, 4 * p + 3);
+        byte(mn, 2 * p) * s0 + byte(mn, 2 * p + 1) * s1
+    });
+    (dots, mins)
 }
 
 /// `ggml_vec_dot_q6_K_q8_K`'s 8 integer lanes for one block: lane `l` sums `scale·q6·q8` over
 /// values `128j + 32k + 4l .. +4`, minus `32·(Σq8[2l]·sc[2l] + Σq8[2l+1]·sc[2l+1])`.
-#[inline(always)]
-fn q6k_lanes<const AVX: bool>(w: &[u8], a: &[u8]) -> [i32; 8] {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: as in `q4k_dots`: AVX2 detected, whole Q6_K and Q8_K blocks.
-        return unsafe { avx2::q6k_lanes(w, a) };
-    }
-    q6k_lanes_plain(w, a)
-}
-
-/// The plain twin of [`avx2::q6k_lanes`].
-fn q6k_lanes_plain(w: &[u8], a: &[u8]) -> [i32; 8] {
+fn q6k_lanes(w: &[u8], a: &[u8]) -> [i32; 8] {
     let (ql, qh, sc) = (&w[0..128], &w[128..192], &w[192..208]);
     let q8 = &a[4..260];
     let mut lanes = [0i32; 8];
@@ -330,95 +341,6 @@ fn q6k_lanes_plain(w: &[u8], a: &[u8]) -> [i32; 8] {
         *lane -= 32 * (s0 + s1);
     }
     lanes
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// ggml's repacked Q4_K integer sums (`maddubs` of the nibbles with the Q8 quants, `madd`
-    /// with the sub-block scale), one horizontal sum per 64 values.
-    ///
-    /// # Safety
-    /// AVX2 is available; `w` holds at least 144 bytes (a Q4_K block), `a` 292 (a Q8_K block).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q4k_dots(w: &[u8], sc: &[i32; 8], a: &[u8]) -> [i32; 4] {
-        debug_assert!(w.len() >= 144 && a.len() >= 292);
-        let m4 = _mm256_set1_epi8(0x0F);
-        let (qs, q8) = (w.as_ptr().add(16), a.as_ptr().add(4));
-        let mut v = [_mm256_setzero_si256(); 4];
-        for (p, vp) in v.iter_mut().enumerate() {
-            let bits = _mm256_loadu_si256(qs.add(32 * p) as *const __m256i);
-            let lo = _mm256_and_si256(bits, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-            let al = _mm256_loadu_si256(q8.add(64 * p) as *const __m256i);
-            let ah = _mm256_loadu_si256(q8.add(64 * p + 32) as *const __m256i);
-            let pl = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(lo, al),
-                _mm256_set1_epi16(sc[2 * p] as i16),
-            );
-            let ph = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(hi, ah),
-                _mm256_set1_epi16(sc[2 * p + 1] as i16),
-            );
-            *vp = _mm256_add_epi32(pl, ph);
-        }
-        // Four horizontal sums at once: [v0, v1, v2, v3] per 128-bit half, then the halves.
-        let t = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-        let mut out = [0i32; 4];
-        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
-        out
-    }
-
-    /// `ggml_vec_dot_q6_K_q8_K`'s AVX2 integer lanes for one block (ggml-cpu/arch/x86/quants.c).
-    ///
-    /// # Safety
-    /// AVX2 is available; `w` holds at least 210 bytes (a Q6_K block), `a` 292 (a Q8_K block).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q6k_lanes(w: &[u8], a: &[u8]) -> [i32; 8] {
-        debug_assert!(w.len() >= 210 && a.len() >= 292);
-        let m3 = _mm256_set1_epi8(3);
-        let m15 = _mm256_set1_epi8(15);
-        let (ql, qh, scp) = (w.as_ptr(), w.as_ptr().add(128), w.as_ptr().add(192));
-        let q8 = a.as_ptr().add(4);
-        let q8sums = _mm256_loadu_si256(a.as_ptr().add(260) as *const __m256i);
-        let scales = _mm_loadu_si128(scp as *const __m128i);
-        let scales16 = _mm256_cvtepi8_epi16(scales);
-        let q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, scales16), 5);
-        let sc = |i: usize| *scp.add(i) as i8 as i16;
-        // Lanes 0-3 of a 32-value chunk take its first sub-block's scale, lanes 4-7 the second's.
-        let scale = |is: usize| {
-            _mm256_set_m128i(_mm_set1_epi16(sc(2 * is + 1)), _mm_set1_epi16(sc(2 * is)))
-        };
-        let mut sumi = _mm256_setzero_si256();
-        for j in 0..2 {
-            let q4bits1 = _mm256_loadu_si256(ql.add(64 * j) as *const __m256i);
-            let q4bits2 = _mm256_loadu_si256(ql.add(64 * j + 32) as *const __m256i);
-            let q4bits_h = _mm256_loadu_si256(qh.add(32 * j) as *const __m256i);
-            let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m3), 4);
-            let q4h_1 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(12)), 2);
-            let q4h_2 = _mm256_and_si256(q4bits_h, _mm256_set1_epi8(48));
-            let q4h_3 = _mm256_srli_epi16(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(-64)), 2);
-            let q4 = [
-                _mm256_or_si256(_mm256_and_si256(q4bits1, m15), q4h_0),
-                _mm256_or_si256(_mm256_and_si256(q4bits2, m15), q4h_1),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m15), q4h_2),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m15), q4h_3),
-            ];
-            let mut p = [_mm256_setzero_si256(); 4];
-            for (kk, pk) in p.iter_mut().enumerate() {
-                let a8 = _mm256_loadu_si256(q8.add(128 * j + 32 * kk) as *const __m256i);
-                *pk = _mm256_madd_epi16(scale(4 * j + kk), _mm256_maddubs_epi16(q4[kk], a8));
-            }
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[2], p[3]));
-        }
-        let lanes = _mm256_sub_epi32(sumi, q8sclsub);
-        let mut out = [0i32; 8];
-        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, lanes);
-        out
-    }
 }
 
 #[cfg(test)]
@@ -455,29 +377,61 @@ mod tests {
     }
 
     #[test]
-    fn avx2_integer_sums_are_the_plain_ones() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+    fn avx2_kernels_are_bitwise_the_plain_ones() {
+        #[cfg(target_arch = "x86_64")]
+        if !use_avx2() {
             return;
         }
-        let k = 1024;
-        let x = random(3, k, 11);
-        let xq = quantize(&x, k, 0);
-        for (dt, size) in [(GgmlDType::Q4K, Q4K_BYTES), (GgmlDType::Q6K, Q6K_BYTES)] {
-            let w = quantized(5, k, dt);
-            for wb in w.chunks_exact(size) {
-                for ab in xq.chunks_exact(Q8K_BYTES) {
-                    if dt == GgmlDType::Q4K {
-                        let (sc, _) = q4k_scales_mins(&wb[4..16]);
-                        // SAFETY: AVX2 detected above; whole blocks.
-                        let got = unsafe { avx2::q4k_dots(wb, &sc, ab) };
-                        assert_eq!(got, q4k_dots_plain(wb, &sc, ab));
-                    } else {
-                        // SAFETY: as above.
-                        let got = unsafe { avx2::q6k_lanes(wb, ab) };
-                        assert_eq!(got, q6k_lanes_plain(wb, ab));
-                    }
+        let k = 768;
+        let x = random(11, k, 11);
+        for (dt, n) in [
+            (GgmlDType::Q4K, 13),
+            (GgmlDType::Q6K, 13),
+            (GgmlDType::Q4K, 8),
+        ] {
+            let w = quantized(n, k, dt);
+            for m in [1, 3, 5, 8, 11] {
+                let xs = &x[..m * k];
+                let kernels = match dt {
+                    GgmlDType::Q4K => vec![
+                        (m - m % 4, (Kernel::Q4kGemm, Kernel::Q4kGemv)),
+                        (0, (Kernel::Q4kTiled, Kernel::Q4kTiled)),
+                    ],
+                    _ => vec![
+                        (0, (Kernel::Q6kVecDot, Kernel::Q6kVecDot)),
+                        (0, (Kernel::Q6kTiled, Kernel::Q6kTiled)),
+                    ],
+                };
+                for (split, ks) in kernels {
+                    let fast = run_on(&w, xs, (m, k, n), split, ks, true).unwrap();
+                    let plain = run_on(&w, xs, (m, k, n), split, ks, false).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&fast), bits(&plain), "{ks:?} n={n} m={m}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn scale_decoding_is_get_scale_min_k4() {
+        let s: Vec<u8> = (0..12u8)
+            .map(|i| i.wrapping_mul(97).wrapping_add(13))
+            .collect();
+        let (sc, mn) = q4k_scales_mins(&s);
+        for j in 0..8 {
+            let (want_sc, want_mn) = if j < 4 {
+                (s[j] & 63, s[j + 4] & 63)
+            } else {
+                (
+                    (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+                    (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+                )
+            };
+            assert_eq!(
+                (byte(sc, j), byte(mn, j)),
+                (want_sc as i32, want_mn as i32),
+                "{j}"
+            );
         }
     }
 
