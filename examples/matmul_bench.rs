@@ -14,6 +14,7 @@ use nanovllm::kernels::cpu::bf16_matmul::{matmul_t, Activations};
 use nanovllm::kernels::cpu::bf16_tiles::Isa;
 use nanovllm::kernels::cpu::matmul::{matmul_xwt, WeightData, MAX_SKINNY_ROWS};
 use nanovllm::kernels::cpu::packed_bf16::PackedBf16;
+use nanovllm::kernels::cpu::tinyblas_bf16;
 use rayon::prelude::*;
 
 /// On-CPU seconds of all this process's threads (Linux schedstat), per pool thread.
@@ -74,8 +75,8 @@ fn main() -> candle_core::Result<()> {
         read_bandwidth()
     );
     println!(
-        "{:>5} {:>6} {:>6} | {:>8} {:>8} {:>9} {:>9}  GFLOP/s | bf16 m=1 GB/s",
-        "m", "k", "n", "candle", "f32 ours", "bf16 exct", "bf16 fast"
+        "{:>5} {:>6} {:>6} | {:>8} {:>8} {:>9} {:>9} {:>9}  GFLOP/s | bf16 m=1 GB/s",
+        "m", "k", "n", "candle", "f32 ours", "bf16 exct", "bf16 fast", "tinyblas"
     );
     let shapes: &[(usize, usize)] = if quick {
         &[(768, 3376), (2048, 768)]
@@ -118,17 +119,26 @@ fn main() -> candle_core::Result<()> {
             let fast = best_of(reps, || {
                 matmul_t(&x, m, &packed, Activations::Bf16, &mut y);
             });
+            let tiny = if m >= 2 && tinyblas_bf16::supported(k) {
+                gflop
+                    / best_of(reps, || {
+                        tinyblas_bf16::matmul_t(&x, m, &packed, &mut y);
+                    })
+            } else {
+                f64::NAN
+            };
             let stream = if m == 1 {
                 format!("{:.1}", packed.storage_bytes() as f64 / exact / 1e9)
             } else {
                 String::new()
             };
             println!(
-                "{m:>5} {k:>6} {n:>6} | {:>8.1} {:>8.1} {:>9.1} {:>9.1}  | {stream}",
+                "{m:>5} {k:>6} {n:>6} | {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9.1}  | {stream}",
                 gflop / candle,
                 ours,
                 gflop / exact,
                 gflop / fast,
+                tiny,
             );
         }
     }

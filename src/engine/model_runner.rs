@@ -64,6 +64,10 @@ impl ModelRunner {
     /// Runs one forward; returns the selected logits rows.
     pub fn run(&mut self, batch: &Batch) -> Result<Tensor> {
         let _span = tracing::debug_span!("forward", tokens = batch.tokens.len()).entered();
-        self.model.forward(batch, &mut self.cache)
+        // The whole forward runs on a pool thread, so each of its ~200 parallel loops per
+        // token splits among the pool directly; called from outside, every loop was sent to
+        // the pool and waited for with a sleep and a wake-up of the calling thread.
+        let (model, cache) = (&self.model, &mut self.cache);
+        rayon::scope(|_| model.forward(batch, cache))
     }
 }

@@ -62,6 +62,17 @@ fn scalar_silu(x: f32) -> f32 {
 
 /// `out[i] = silu(gate[i]) · up[i]` as `ggml_vec_swiglu_f32`.
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA are present (checked).
+        unsafe { avx2::swiglu(gate, up, out) };
+        return;
+    }
+    swiglu_plain(gate, up, out);
+}
+
+/// [`swiglu`] one lane at a time (the twin of the vector version).
+pub fn swiglu_plain(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
     let whole = gate.len() / LANES * LANES;
     for (i, (g, u)) in gate.iter().zip(up).enumerate() {
         let s = if i < whole {
@@ -163,6 +174,17 @@ pub fn tiny_dot_f32(n: usize, xy: impl Fn(usize) -> (f32, f32)) -> f32 {
 /// llama.cpp pads the key range with masked (zero-probability) slots, so every real score
 /// goes through the vector exp, in 8-lane groups counted from the row's first key.
 pub fn softmax_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA are present (checked).
+        unsafe { avx2::softmax_in_place(v) };
+        return;
+    }
+    softmax_plain(v);
+}
+
+/// [`softmax_in_place`] one lane at a time (the twin of the vector version).
+pub fn softmax_plain(v: &mut [f32]) {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f64;
     for chunk in v.chunks_mut(LANES) {
@@ -179,9 +201,147 @@ pub fn softmax_in_place(v: &mut [f32]) {
     }
 }
 
+/// The vector forms of the functions above (same operations on 8 lanes at once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{hsum_movehl, scalar_silu, v_expf, LANES};
+
+    /// Whether this CPU runs the vector forms.
+    #[inline]
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+
+    /// ggml's AVX2 `ggml_v_expf` on 8 lanes; lanes outside ±126 of the exponent range take
+    /// the scalar [`v_expf`], which spells out ggml's slow path op for op.
+    #[inline(always)]
+    pub unsafe fn v_expf8(x: __m256) -> __m256 {
+        let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+        let r = c(0x4b40_0000);
+        let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+        let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(c(0x3f80_0000))));
+        let big = _mm256_cmp_ps(
+            _mm256_andnot_ps(_mm256_set1_ps(-0.0), n),
+            _mm256_set1_ps(126.0),
+            _CMP_GT_OQ,
+        );
+        if _mm256_movemask_ps(big) != 0 {
+            let mut lanes = [0f32; LANES];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), x);
+            for l in lanes.iter_mut() {
+                *l = v_expf(*l);
+            }
+            return _mm256_loadu_ps(lanes.as_ptr());
+        }
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)), u, {
+                _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb))
+            }),
+            u,
+            _mm256_mul_ps(c(0x3f7f_fff6), b),
+        );
+        _mm256_fmadd_ps(j, k, k)
+    }
+
+    /// [`super::swiglu_plain`] on 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
+        let n = gate.len().min(up.len());
+        let whole = n / LANES * LANES;
+        out.reserve(n);
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        while i < whole {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let u = _mm256_loadu_ps(up.as_ptr().add(i));
+            let e = v_expf8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+            let mut lanes = [0f32; LANES];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(s, u));
+            out.extend_from_slice(&lanes);
+            i += LANES;
+        }
+        for j in whole..n {
+            out.push(scalar_silu(gate[j]) * up[j]);
+        }
+    }
+
+    /// [`super::softmax_plain`] with the exponentials on 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_in_place(v: &mut [f32]) {
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m = _mm256_set1_ps(max);
+        let mut sum = 0f64;
+        let mut chunks = v.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            let e = v_expf8(_mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), m));
+            let mut lanes = [0f32; LANES];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), e);
+            chunk.copy_from_slice(&lanes);
+            sum += hsum_movehl(&lanes) as f64;
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut lanes = [0f32; LANES];
+            for (l, x) in lanes.iter_mut().zip(rest.iter_mut()) {
+                *x = v_expf(*x - max);
+                *l = *x;
+            }
+            sum += hsum_movehl(&lanes) as f64;
+        }
+        let inv = _mm256_set1_ps((1.0 / sum) as f32);
+        let mut chunks = v.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr();
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), inv));
+        }
+        let inv = (1.0 / sum) as f32;
+        for x in chunks.into_remainder() {
+            *x *= inv;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_forms_equal_their_plain_twins_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            // Covers the fast path, ggml's slow path beyond ±126 and leftover lanes.
+            let gate: Vec<f32> = (0..203).map(|i| (i as f32 * 0.731).sin() * 9.0).collect();
+            let up: Vec<f32> = (0..203).map(|i| (i as f32 * 0.37).cos()).collect();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            swiglu(&gate, &up, &mut a);
+            swiglu_plain(&gate, &up, &mut b);
+            assert_eq!(a, b);
+            for len in [1, 7, 8, 9, 31, 203] {
+                let mut scores: Vec<f32> = gate[..len].iter().map(|v| v * 20.0).collect();
+                let mut plain = scores.clone();
+                softmax_in_place(&mut scores);
+                softmax_plain(&mut plain);
+                assert_eq!(scores, plain, "len {len}");
+            }
+            let mut wide = vec![-150.0f32, 0.5, 1.0, -200.0, 3.0, 100.0, -87.0, 7.0];
+            let mut plain = wide.clone();
+            // SAFETY: AVX2 checked above.
+            unsafe {
+                use std::arch::x86_64::*;
+                let e = avx2::v_expf8(_mm256_loadu_ps(wide.as_ptr()));
+                _mm256_storeu_ps(wide.as_mut_ptr(), e);
+            }
+            plain.iter_mut().for_each(|x| *x = v_expf(*x));
+            assert_eq!(wide, plain);
+        }
+    }
 
     #[test]
     fn vector_exp_is_within_two_ulp_of_libm() {

@@ -5,6 +5,7 @@
 pub mod conv1d;
 pub mod cpu;
 pub mod fast_math;
+pub mod ggml_attention;
 pub mod ggml_math;
 pub mod reference;
 pub mod scan_layout;

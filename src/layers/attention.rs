@@ -14,7 +14,7 @@ use super::{from_vec, to_vec};
 use crate::cache::KvCache;
 use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
-use crate::kernels::ggml_math;
+use crate::kernels::ggml_attention::{attend, Head, Scratch, ValueOrder};
 use crate::loader::safetensors::WeightStore;
 
 /// Geometry and scaling of an attention layer.
@@ -67,7 +67,7 @@ pub struct Attention {
     v_proj: Linear,
     o_proj: Linear,
     qk_norm: Option<(RmsNorm, RmsNorm)>,
-    /// llama.cpp's attention arithmetic (GGUF files), see [`ggml_math`].
+    /// llama.cpp's attention arithmetic (GGUF files), see [`crate::kernels::ggml_math`].
     ggml: bool,
     /// llama.cpp holds q/k head dimensions in RoPE pair order (permuted GGUF rows).
     ggml_pair_order: bool,
@@ -183,6 +183,7 @@ impl Attention {
         let window = self.opts.sliding_window;
         let visible_from = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w.max(1)));
         let mut token_keys: Vec<(usize, usize)> = Vec::with_capacity(tokens); // (seq, pos)
+        let mut pair_scratch = Vec::with_capacity(hd);
         let mut seq_offsets = Vec::with_capacity(batch.seqs.len());
         for (si, s) in batch.seqs.iter().enumerate() {
             for i in 0..s.len {
@@ -190,6 +191,12 @@ impl Attention {
                 if let Some(rope) = &self.cfg.rope {
                     rope.apply(&mut q[row * qd..(row + 1) * qd], pos);
                     rope.apply(&mut k[row * kd..(row + 1) * kd], pos);
+                }
+                if self.ggml_pair_order {
+                    // llama.cpp sums q·k over the head dimensions in RoPE pair order; keys are
+                    // cached in that order too (only this layer reads them).
+                    to_pair_order(&mut q[row * qd..(row + 1) * qd], hd, &mut pair_scratch);
+                    to_pair_order(&mut k[row * kd..(row + 1) * kd], hd, &mut pair_scratch);
                 }
                 kv.write(
                     &s.block_table,
@@ -206,66 +213,33 @@ impl Attention {
             seq_offsets.push((base, offsets));
         }
 
-        let (kstore, vstore) = kv.storage();
+        let (keys, values) = kv.storage();
         let group = nh / self.cfg.n_kv_heads;
-        let scale = self.cfg.scale;
-        let softcap = self.opts.logit_softcap;
         let mut out = vec![0f32; tokens * qd];
         out.par_chunks_mut(hd)
             .enumerate()
-            .for_each_init(Vec::new, |scores, (idx, o)| {
+            .for_each_init(Scratch::default, |scratch, (idx, o)| {
                 let (token, head) = (idx / nh, idx % nh);
                 let (seq, pos) = token_keys[token];
-                let kv_off = (head / group) * hd;
-                let qrow = &q[token * qd + head * hd..token * qd + (head + 1) * hd];
                 let (base, offsets) = &seq_offsets[seq];
-                let offsets = &offsets[visible_from(pos) - base..=pos - base];
-                scores.clear();
-                if self.ggml {
-                    // llama.cpp's kernels: see `ggml_math` for which one runs when.
-                    let half = hd / 2;
-                    // Head dimensions in llama.cpp's order: pairs (i, i + half) side by side
-                    // when its rows were permuted for interleaved RoPE.
-                    let dim = |i: usize| {
-                        if self.ggml_pair_order {
-                            (i % 2) * half + i / 2
-                        } else {
-                            i
-                        }
-                    };
-                    scores.extend(offsets.iter().map(|&off| {
-                        let qk = |i: usize| (qrow[dim(i)], kstore[off + kv_off + dim(i)]);
-                        ggml_math::vec_dot_f32(hd, qk, hd) * scale
-                    }));
-                    ggml_math::softmax_in_place(scores);
-                    let batched = batch.seqs[seq].len >= 2;
-                    let padded = scores.len().next_multiple_of(32);
-                    let n = scores.len();
-                    for (d, od) in o.iter_mut().enumerate() {
-                        let pv = |j: usize| (scores[j], vstore[offsets[j] + kv_off + d]);
-                        *od = if batched {
-                            ggml_math::tiny_dot_f32(n, pv)
-                        } else {
-                            ggml_math::vec_dot_f32(n, pv, padded)
-                        };
-                    }
-                    return;
-                }
-                scores.extend(offsets.iter().map(|&off| {
-                    let krow = &kstore[off + kv_off..off + kv_off + hd];
-                    let s = dot(qrow, krow) * scale;
-                    match softcap {
-                        Some(cap) => (s / cap).tanh() * cap,
-                        None => s,
-                    }
-                }));
-                softmax_in_place(scores);
-                for (&p, &off) in scores.iter().zip(offsets) {
-                    let vrow = &vstore[off + kv_off..off + kv_off + hd];
-                    for (acc, vv) in o.iter_mut().zip(vrow) {
-                        *acc += p * vv;
-                    }
-                }
+                // llama.cpp sums the values of a batch of new tokens in tinyBLAS order; other
+                // models keep one order so results do not depend on how a batch is cut.
+                let order = if self.ggml && batch.seqs[seq].len >= 2 {
+                    ValueOrder::Tiny
+                } else {
+                    ValueOrder::VecDot
+                };
+                let h = Head {
+                    q: &q[token * qd + head * hd..token * qd + (head + 1) * hd],
+                    keys,
+                    values,
+                    rows: &offsets[visible_from(pos) - base..=pos - base],
+                    kv_offset: (head / group) * hd,
+                    scale: self.cfg.scale,
+                    softcap: self.opts.logit_softcap,
+                    order,
+                };
+                attend(&h, scratch, o);
             });
         self.o_proj.forward(&from_vec(out, tokens, qd)?)
     }
@@ -283,7 +257,20 @@ impl Attention {
     }
 }
 
-#[inline]
+/// Reorders every head of `row` from halves `(i, i + hd/2)` to adjacent pairs `(2i, 2i + 1)`.
+fn to_pair_order(row: &mut [f32], hd: usize, scratch: &mut Vec<f32>) {
+    let half = hd / 2;
+    for head in row.chunks_mut(hd) {
+        scratch.clear();
+        scratch.extend_from_slice(head);
+        for i in 0..half {
+            head[2 * i] = scratch[i];
+            head[2 * i + 1] = scratch[half + i];
+        }
+    }
+}
+
+#[cfg(test)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -9,3 +9,4 @@ mod ggml_kquants_avx2;
 pub mod ggml_matmul;
 pub mod matmul;
 pub mod packed_bf16;
+pub mod tinyblas_bf16;

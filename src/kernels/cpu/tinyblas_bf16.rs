@@ -1,0 +1,256 @@
+//! `y = x · Wᵀ` in the order of llamafile's tinyBLAS BF16 kernel (what llama.cpp's AVX2 build
+//! runs for a BF16 weight and two or more activation rows), fast: each output is one 8-lane
+//! FMA accumulator over `k` in steps of 8 (column `c` in lane `c % 8`), reduced
+//! `(t0 + t2) + (t1 + t3)` with `t_i = v[i + 4] + v[i]`. Lanes along `k` need weight rows with
+//! `k` contiguous, so each parallel task first widens its [`PackedBf16`] panel (32 rows) into
+//! an f32 scratch in row order; a 2 weight rows × 6 activation rows register tile then does 12
+//! FMAs per 8 vector loads, 6 of them from L1, with no broadcasts or widening in the inner loop.
+//! The activations must already hold bf16 values (ggml rounds them first); `k % 8 == 0`.
+//! The plain twin is [`tiny_dot`] per output (tested bit for bit).
+
+use rayon::prelude::*;
+
+use super::packed_bf16::{PackedBf16, PANEL};
+
+/// Weight rows per register tile (they stream from L2: few per tile).
+const RM: usize = 2;
+/// Activation rows per register tile (they stay in L1 for a whole panel).
+const RN: usize = 6;
+
+/// tinyBLAS's BF16 order on one output (`k % 8 == 0`), the twin of the vector kernel.
+pub fn tiny_dot(x: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (a, b)) in x.iter().zip(w).enumerate() {
+        acc[i % 8] = a.mul_add(*b, acc[i % 8]);
+    }
+    let t: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
+/// Whether [`matmul_t`] runs here with its vector kernel (AVX2 + FMA, `k % 8 == 0`).
+pub fn supported(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        k.is_multiple_of(8) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = k;
+        false
+    }
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: each task writes the columns of its own panel only.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` in tinyBLAS order; `x` holds bf16 values. Callers check
+/// [`supported`] first.
+pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
+    let (n, k) = (w.rows(), w.cols());
+    assert!(
+        supported(k) && x.len() >= m * k && y.len() >= m * n,
+        "tinyBLAS bf16 matmul: k {k}, x {} (want {m}x{k}), y {} (want {m}x{n})",
+        x.len(),
+        y.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let out = OutPtr(y.as_mut_ptr());
+    let out = &out;
+    (0..w.panels())
+        .into_par_iter()
+        .for_each_init(Vec::new, |rows, p| {
+            let live = PANEL.min(n - p * PANEL);
+            widen_panel(w.panel(p), w.pairs(), k, rows);
+            let mut vals = [[0f32; RM]; RN];
+            // Three activation rows stay in L1 while the widened panel streams from L2.
+            for i0 in (0..m).step_by(RN) {
+                let rn = RN.min(m - i0);
+                for j0 in (0..live).step_by(RM) {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX2 + FMA present (asserted via `supported`); `rows` holds
+                    // PANEL rows of k, `j0 + RM <= PANEL`; `x` holds rows `i0..i0 + rn`.
+                    unsafe {
+                        x86::tile(
+                            rn,
+                            rows[j0 * k..].as_ptr(),
+                            x[i0 * k..].as_ptr(),
+                            k,
+                            &mut vals,
+                        )
+                    };
+                    for (i, row) in vals.iter().enumerate().take(rn) {
+                        for (r, v) in row.iter().enumerate().take(RM.min(live - j0)) {
+                            // SAFETY: row i0 + i < m, column p * PANEL + j0 + r < n: inside `y`
+                            // (asserted) and written by this panel's task only.
+                            unsafe { *out.0.add((i0 + i) * n + p * PANEL + j0 + r) = *v };
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The panel's 32 rows as f32, `k` each, row after row (rows past the matrix are zeros).
+fn widen_panel(panel: &[u32], pairs: usize, k: usize, rows: &mut Vec<f32>) {
+    rows.clear();
+    rows.resize(PANEL * k, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if k.is_multiple_of(8) && supported(k) {
+        // SAFETY: AVX2 present; `panel` holds `pairs * PANEL` words, `rows` PANEL * k floats.
+        unsafe { x86::widen_panel(panel, k, rows) };
+        return;
+    }
+    for q in 0..pairs {
+        let line = &panel[q * PANEL..(q + 1) * PANEL];
+        for (r, &v) in line.iter().enumerate() {
+            rows[r * k + 2 * q] = f32::from_bits(v << 16);
+            if 2 * q + 1 < k {
+                rows[r * k + 2 * q + 1] = f32::from_bits(v & 0xFFFF_0000);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{RM, RN};
+
+    /// `(t0 + t2) + (t1 + t3)` of `t = hi + lo`.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let t = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
+    }
+
+    #[inline(always)]
+    unsafe fn tile_n<const N: usize>(
+        w: *const f32,
+        x: *const f32,
+        k: usize,
+        out: &mut [[f32; RM]; RN],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); RM]; N];
+        for c in (0..k).step_by(8) {
+            let wv: [__m256; RM] = std::array::from_fn(|r| _mm256_loadu_ps(w.add(r * k + c)));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(i * k + c));
+                for r in 0..RM {
+                    a[r] = _mm256_fmadd_ps(wv[r], xv, a[r]);
+                }
+            }
+        }
+        for i in 0..N {
+            for r in 0..RM {
+                out[i][r] = hsum(acc[i][r]);
+            }
+        }
+    }
+
+    /// [`super::widen_panel`] for `k % 8 == 0`: per 8 rows and 4 column pairs, a 4 × 8
+    /// transpose of the packed words gives each row its 8 bf16 values in column order,
+    /// zero-extended and shifted into f32.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn widen_panel(panel: &[u32], k: usize, rows: &mut [f32]) {
+        let (src, dst) = (panel.as_ptr(), rows.as_mut_ptr());
+        for c in (0..k).step_by(8) {
+            let q = c / 2;
+            for g in (0..super::PANEL).step_by(8) {
+                let a: [__m256i; 4] = std::array::from_fn(|i| {
+                    _mm256_loadu_si256(src.add((q + i) * super::PANEL + g) as *const __m256i)
+                });
+                let t0 = _mm256_unpacklo_epi32(a[0], a[1]);
+                let t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+                let t2 = _mm256_unpacklo_epi32(a[2], a[3]);
+                let t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+                // Row r's four words: low 128 bits of u[r % 4] for r < 4, high for r >= 4.
+                let u = [
+                    _mm256_unpacklo_epi64(t0, t2),
+                    _mm256_unpackhi_epi64(t0, t2),
+                    _mm256_unpacklo_epi64(t1, t3),
+                    _mm256_unpackhi_epi64(t1, t3),
+                ];
+                for r in 0..8 {
+                    let words = if r < 4 {
+                        _mm256_castsi256_si128(u[r])
+                    } else {
+                        _mm256_extracti128_si256(u[r - 4], 1)
+                    };
+                    let f = _mm256_slli_epi32(_mm256_cvtepu16_epi32(words), 16);
+                    _mm256_storeu_ps(dst.add((g + r) * k + c), _mm256_castsi256_ps(f));
+                }
+            }
+        }
+    }
+
+    /// `rn` activation rows (1..=RN) from `x` against RM weight rows from `w`, `k` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(
+        rn: usize,
+        w: *const f32,
+        x: *const f32,
+        k: usize,
+        out: &mut [[f32; RM]; RN],
+    ) {
+        match rn {
+            1 => tile_n::<1>(w, x, k, out),
+            2 => tile_n::<2>(w, x, k, out),
+            3 => tile_n::<3>(w, x, k, out),
+            4 => tile_n::<4>(w, x, k, out),
+            5 => tile_n::<5>(w, x, k, out),
+            _ => tile_n::<6>(w, x, k, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cpu::packed_bf16::{bf16_bits, bf16_value};
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                bf16_value(bf16_bits(
+                    ((i * 7919 + seed * 104_729) % 2003) as f32 / 517.0 - 1.9,
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vector_kernel_is_the_plain_order_bit_for_bit() {
+        if !supported(8) {
+            return;
+        }
+        for &(m, k, n) in &[
+            (2, 8, 1),
+            (3, 768, 40),
+            (5, 64, 33),
+            (7, 2048, 65),
+            (16, 40, 97),
+        ] {
+            let x = data(m * k, 1);
+            let wv = data(n * k, 2);
+            let w = PackedBf16::from_f32(&wv, n, k);
+            let mut y = vec![f32::NAN; m * n];
+            matmul_t(&x, m, &w, &mut y);
+            for i in 0..m {
+                for j in 0..n {
+                    let want = tiny_dot(&x[i * k..(i + 1) * k], &wv[j * k..(j + 1) * k]);
+                    assert_eq!(
+                        y[i * n + j].to_bits(),
+                        want.to_bits(),
+                        "{m}x{k}x{n} ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+}
