@@ -253,8 +253,8 @@ fn gemma3_q4_k_m_agrees_with_llama_cpp() {
         "gemma-3-270m-q4_k_m.gguf",
         "scripts/fetch_models.sh",
         "gemma3",
-        false,
-        0.98,
+        true,
+        1.0,
     );
 }
 

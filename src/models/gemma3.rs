@@ -392,7 +392,9 @@ impl Model for Gemma3 {
         let mut x = self
             .embed
             .forward(&batch.tokens, f64::from(self.embed_scale))?;
-        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let last = self.layers.len().saturating_sub(1);
+        for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
+        {
             let LayerCache::Attention(kv) = layer_cache else {
                 return Err(Error::request(
                     "cache",
@@ -400,15 +402,28 @@ impl Model for Gemma3 {
                 ));
             };
             let h = layer.input_norm.forward(&x)?;
-            let a = layer.attn.forward(&h, batch, kv)?;
+            let mut a = layer.attn.forward(&h, batch, kv)?;
+            if i == last {
+                // Only the rows whose logits are wanted go on (llama.cpp's `inp_out_ids`): less
+                // work, and the FFN matmuls see llama.cpp's token count, which picks its kernel.
+                let (Some(ax), Some(xx)) =
+                    (select_logit_rows(&a, batch)?, select_logit_rows(&x, batch)?)
+                else {
+                    return no_logits(self.info.vocab_size);
+                };
+                (a, x) = (ax, xx);
+            }
             x = (x + layer.post_attn_norm.forward(&a)?)?;
             let h = layer.pre_ffn_norm.forward(&x)?;
             let f = layer.mlp.forward(&h)?;
             x = (x + layer.post_ffn_norm.forward(&f)?)?;
         }
-        let Some(x) = select_logit_rows(&x, batch)? else {
-            return no_logits(self.info.vocab_size);
-        };
+        if self.layers.is_empty() {
+            let Some(rows) = select_logit_rows(&x, batch)? else {
+                return no_logits(self.info.vocab_size);
+            };
+            x = rows;
+        }
         let x = self.norm.forward(&x)?;
         let logits = project(self.lm_head.as_ref(), &self.embed, &x)?;
         let Some(cap) = self.final_softcap else {

@@ -11,12 +11,13 @@
 //! (see the tests): the kernel must match it to f32 rounding.
 
 use candle_core::quantized::k_quants::{
-    BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, GgmlType, QK8_0, QK_K,
+    BlockQ4K, BlockQ5K, BlockQ8_0, BlockQ8_1, GgmlType, QK8_0, QK_K,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
+use super::ggml_kquants;
 use crate::error::{Error, Result};
 
 /// Whether [`matmul_t`] handles this weight type.
@@ -41,7 +42,7 @@ fn round_even(v: f32) -> i32 {
 }
 
 /// Views a slice of plain-old-data blocks as bytes.
-fn bytes_mut<T>(v: &mut [T]) -> &mut [u8] {
+pub(super) fn bytes_mut<T>(v: &mut [T]) -> &mut [u8] {
     // SAFETY: the block types are `repr(C)` structs of integers and floats (no padding
     // invariants, every bit pattern valid); the view covers exactly the slice.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
@@ -82,14 +83,30 @@ fn quantize_q8_block(x: &[f32], out: &mut [u8], with_sum: bool) {
     }
 }
 
-/// ggml `quantize_row_q8_K_ref` for one 256-value block into `out` (d, quants, bsums).
-fn quantize_q8k_block(x: &[f32], out: &mut [u8]) {
+/// Which element's sign a Q8_K block's scale takes when `+a` and `-a` are both its largest
+/// magnitude: ggml's `quantize_row_q8_K_ref` takes the first, the AVX2
+/// `ggml_quantize_mat_q8_K_4x8` (rows that feed the repacked Q4_K GEMM) the positive one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Q8kTie {
+    /// The first element of largest magnitude (`quantize_row_q8_K_ref`).
+    First,
+    /// `+a` when present (`ggml_quantize_mat_q8_K_4x8`).
+    Positive,
+}
+
+/// ggml `quantize_row_q8_K_ref` (or, with [`Q8kTie::Positive`], the AVX2
+/// `ggml_quantize_mat_q8_K_4x8`, which differs only in that tie) for one 256-value block into
+/// `out` (d, quants, bsums).
+pub(super) fn quantize_q8k_block(x: &[f32], out: &mut [u8], tie: Q8kTie) {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
             amax = v.abs();
             max = v;
         }
+    }
+    if tie == Q8kTie::Positive && x.contains(&amax) {
+        max = amax;
     }
     out.fill(0);
     if amax == 0.0 {
@@ -122,7 +139,7 @@ pub fn quantize_rows<D: GgmlType>(x: &[f32], k: usize) -> Vec<D> {
         match D::DTYPE {
             GgmlDType::Q8_0 => quantize_q8_block(xb, ob, false),
             GgmlDType::Q8_1 => quantize_q8_block(xb, ob, true),
-            _ => quantize_q8k_block(xb, ob),
+            _ => quantize_q8k_block(xb, ob, Q8kTie::First),
         }
     }
     out
@@ -130,7 +147,7 @@ pub fn quantize_rows<D: GgmlType>(x: &[f32], k: usize) -> Vec<D> {
 
 /// ggml's `hsum_float_8`: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
 #[inline]
-fn hsum8(a: &[f32; 8]) -> f32 {
+pub(super) fn hsum8(a: &[f32; 8]) -> f32 {
     let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
     (r[0] + r[2]) + (r[1] + r[3])
 }
@@ -143,7 +160,7 @@ fn f16_table() -> &'static [f32] {
 }
 
 #[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([b[at], b[at + 1]]) as usize;
     // SAFETY-free: the table covers every u16.
     f16_table()[bits]
@@ -450,13 +467,13 @@ fn run_legacy<W: Legacy, D: GgmlType>(
 
 /// Output columns per parallel task: about 256 K multiply-adds each (a decode row against 16
 /// columns is too little work to pay for a task), at least 16, and at least 4 tasks per thread.
-fn task_columns(m: usize, k: usize, n: usize) -> usize {
+pub(super) fn task_columns(m: usize, k: usize, n: usize) -> usize {
     let by_work = (262_144 / (m * k).max(1)).clamp(16, 512);
     let by_threads = (n / (4 * rayon::current_num_threads())).max(16);
     by_work.min(by_threads) / 16 * 16
 }
 
-fn transpose(out_t: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
+pub(super) fn transpose(out_t: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     if m == 1 {
         return out_t;
     }
@@ -524,9 +541,13 @@ pub fn matmul_t(w: &QTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
         GgmlDType::Q5_0 => run_legacy::<Q5_0, BlockQ8_0>(&data, x, m, k, n),
         GgmlDType::Q5_1 => run_legacy::<Q5_1, BlockQ8_1>(&data, x, m, k, n),
         GgmlDType::Q8_0 => run_legacy::<Q8_0, BlockQ8_0>(&data, x, m, k, n),
+        // llama.cpp repacks Q4_K weights with a multiple of 8 rows; others go through
+        // ggml-cpu/tiled from 8 tokens and `vec_dot` below (ggml_kquants has the details).
+        GgmlDType::Q4K if n.is_multiple_of(8) => ggml_kquants::q4k_repacked(&data, x, m, k, n),
+        GgmlDType::Q4K if m >= 8 => ggml_kquants::q4k_tiled(&data, x, m, k, n),
         GgmlDType::Q4K => run::<BlockQ4K>(&data, x, m, k, n),
         GgmlDType::Q5K => run::<BlockQ5K>(&data, x, m, k, n),
-        GgmlDType::Q6K => run::<BlockQ6K>(&data, x, m, k, n),
+        GgmlDType::Q6K => ggml_kquants::q6k(&data, x, m, k, n),
         other => Err(Error::DTypeMismatch {
             name: "quantized matrix".into(),
             expected: "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K".into(),

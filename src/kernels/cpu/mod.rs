@@ -4,6 +4,9 @@
 pub mod bf16_matmul;
 pub mod bf16_tiles;
 pub mod ggml_bf16;
+mod ggml_kquants;
+#[cfg(target_arch = "x86_64")]
+mod ggml_kquants_avx2;
 pub mod ggml_matmul;
 pub mod matmul;
 pub mod packed_bf16;
