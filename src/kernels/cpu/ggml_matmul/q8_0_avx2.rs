@@ -27,8 +27,12 @@ const BLOCK: usize = 34;
 /// Activation rows per prefill tile.
 const GROUP: usize = 4;
 
-/// Weight rows per prefill tile (4 × 2 accumulators leave registers for the operands).
+/// Weight rows per prefill tile of a full group (4 × 2 accumulators leave registers for the
+/// operands; 4 × 3 spills).
 const PANEL_COLS: usize = 2;
+
+/// The widest prefill tile (the last group's one to three rows take wider tiles).
+const PANEL_COLS_MAX: usize = 4;
 
 /// Weight rows per decode tile.
 const STREAM_COLS: usize = 4;
@@ -96,12 +100,12 @@ pub(super) unsafe fn matmul(w: &[u8], x: &[f32], m: usize, k: usize, n: usize) -
 }
 
 /// Activations quantized like ggml's x86 `quantize_row_q8_0`, laid out for the tiles: each
-/// block's 32 quants in one aligned vector, each block's scale (the f16 ggml stores, widened)
-/// row-major in `d` and, for the prefill tiles, interleaved by groups of [`GROUP`] rows in `d4`
-/// (`[group][block][row]`, zero-padded).
+/// block's 32 quants in one aligned vector; each block's scale (the f16 ggml stores, widened)
+/// for decode broadcast to a vector in `d8` (row-major), for prefill interleaved by groups of
+/// [`GROUP`] rows in `d4` (`[group][block][row]`, zero-padded).
 struct Acts {
     qs: Vec<__m256i>,
-    d: Vec<f32>,
+    d8: Vec<__m256>,
     d4: Vec<f32>,
     m: usize,
     kb: usize,
@@ -127,13 +131,29 @@ unsafe fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
             .zip(qs.chunks_mut(chunk).zip(d.chunks_mut(chunk)))
             .for_each(rows);
     }
+    if m <= GROUP {
+        let d8 = d.iter().map(|&v| _mm256_set1_ps(v)).collect();
+        return Acts {
+            qs,
+            d8,
+            d4: Vec::new(),
+            m,
+            kb,
+        };
+    }
     let mut d4 = vec![0f32; m.div_ceil(GROUP) * kb * GROUP];
     for (i, row) in d.chunks_exact(kb).enumerate() {
         for (b, &v) in row.iter().enumerate() {
             d4[((i / GROUP) * kb + b) * GROUP + i % GROUP] = v;
         }
     }
-    Acts { qs, d, d4, m, kb }
+    Acts {
+        qs,
+        d8: Vec::new(),
+        d4,
+        m,
+        kb,
+    }
 }
 
 /// Quantizes consecutive 32-value blocks of `x` into `qs` and `d`.
@@ -223,7 +243,7 @@ impl Task<'_> {
         let wstride = kb * BLOCK;
         let w = self.w.as_ptr().add(c * wstride);
         let xq = self.acts.qs.as_ptr().add(r * kb);
-        let xd = self.acts.d.as_ptr().add(r * kb);
+        let xd = self.acts.d8.as_ptr().add(r * kb);
         let table = f16_table().as_ptr();
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
@@ -236,10 +256,6 @@ impl Task<'_> {
                 // Prefetching past the matrix is harmless (never faults), hence wrapping.
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
             }
-            let mut dx = [_mm256_setzero_ps(); RM];
-            for (i, v) in dx.iter_mut().enumerate() {
-                *v = _mm256_set1_ps(*xd.add(i * kb + b));
-            }
             for j in 0..RN {
                 let wb = w.add(j * wstride + b * BLOCK);
                 let dw =
@@ -249,7 +265,7 @@ impl Task<'_> {
                 for i in 0..RM {
                     let pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(*xq.add(i * kb + b), qw));
                     let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                    let d = _mm256_mul_ps(dw, dx[i]);
+                    let d = _mm256_mul_ps(dw, *xd.add(i * kb + b));
                     acc[i][j] = _mm256_fmadd_ps(d, lanes, acc[i][j]);
                 }
             }
@@ -272,25 +288,30 @@ impl Task<'_> {
             _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
             s.fill(table[u16::from_le_bytes([wb[0], wb[1]]) as usize]);
         }
-        let mut ds = vec![0f32; PANEL_COLS * kb * GROUP];
+        let mut ds = vec![0f32; PANEL_COLS_MAX * kb * GROUP];
         let m = self.acts.m;
         for r in (0..m).step_by(GROUP) {
             match m - r {
-                1 => self.panel_row::<1>(r, &dw, &mut ds),
-                2 => self.panel_row::<2>(r, &dw, &mut ds),
-                3 => self.panel_row::<3>(r, &dw, &mut ds),
-                _ => self.panel_row::<GROUP>(r, &dw, &mut ds),
+                1 => self.panel_row::<1, PANEL_COLS_MAX>(r, &dw, &mut ds),
+                2 => self.panel_row::<2, PANEL_COLS_MAX>(r, &dw, &mut ds),
+                3 => self.panel_row::<3, 3>(r, &dw, &mut ds),
+                _ => self.panel_row::<GROUP, PANEL_COLS>(r, &dw, &mut ds),
             }
         }
     }
 
     /// Rows `r..r + RM` against every weight row of the task.
     #[inline(always)]
-    unsafe fn panel_row<const RM: usize>(&self, r: usize, dw: &[f32], ds: &mut [f32]) {
+    unsafe fn panel_row<const RM: usize, const RN: usize>(
+        &self,
+        r: usize,
+        dw: &[f32],
+        ds: &mut [f32],
+    ) {
         let mut c = 0;
-        while c + PANEL_COLS <= self.cols {
-            self.panel_tile::<RM, PANEL_COLS>(r, c, dw, ds);
-            c += PANEL_COLS;
+        while c + RN <= self.cols {
+            self.panel_tile::<RM, RN>(r, c, dw, ds);
+            c += RN;
         }
         while c < self.cols {
             self.panel_tile::<RM, 1>(r, c, dw, ds);
