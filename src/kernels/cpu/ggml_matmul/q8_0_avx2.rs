@@ -1,16 +1,18 @@
 //! Q8_0 weights against Q8_0 activations with ggml's AVX2 numerics
-//! (`ggml_vec_dot_q8_0_q8_0`): per block, `|w|` times `x·sign(w)` by `maddubs` (pairs of byte
-//! products, never saturating: activation quants are within ±127), pairs of those by `madd`
-//! (8 lanes of 4 consecutive products), converted and `fma`'d with `dw·dx` in block order;
-//! `hsum_float_8` at the end. The integer lanes are exact and every output sees the same float
-//! operations in the same order as the plain `dot_rows`, so the result is bitwise its (tested).
+//! (`ggml_vec_dot_q8_0_q8_0`): per block, 8 integer lanes each summing 4 consecutive products
+//! (ggml: `|w|` times `x·sign(w)` by `maddubs`, pairs of those by `madd`), converted and
+//! `fma`'d with `dw·dx` in block order; `hsum_float_8` at the end. The integer lanes are exact
+//! however they are computed, and every output sees the same float operations in the same
+//! order as the plain `dot_rows`, so the result is bitwise its (tested).
 //!
 //! Speed comes from register tiles of activation rows × weight rows whose accumulators stay in
-//! registers. Decode (one or two rows) streams the weights from memory once, so the tiles
-//! prefetch linearly ahead and read each weight scale through the f16 table. Prefill (three
-//! rows and more) is compute-bound: each task widens its weight scales once, each tile of four
-//! rows × two weight rows multiplies the scales of all its (row, weight row, block) triples in
-//! a vector pre-pass, and the inner loop is five vector operations per block pair.
+//! registers. Decode (one to four rows) streams the weights from memory once: the tiles
+//! prefetch linearly ahead, read each weight scale through the f16 table and use ggml's
+//! `sign`/`maddubs` lanes. Prefill (five rows and more) is compute-bound and works from cache:
+//! each task widens its weights to `i16` once (scales to f32, quants to two `madd`-ready
+//! halves), each tile of four rows × two weight rows multiplies the scales of all its (row,
+//! weight row, block) triples in a vector pre-pass, and the inner loop is five vector
+//! operations per block pair.
 
 // Register tiles index accumulators by (row, weight row): index loops read clearest.
 #![allow(clippy::needless_range_loop)]
@@ -105,6 +107,7 @@ pub(super) unsafe fn matmul(w: &[u8], x: &[f32], m: usize, k: usize, n: usize) -
 /// [`GROUP`] rows in `d4` (`[group][block][row]`, zero-padded).
 struct Acts {
     qs: Vec<__m256i>,
+    wide: Vec<__m256i>,
     d8: Vec<__m256>,
     d4: Vec<f32>,
     m: usize,
@@ -135,6 +138,7 @@ unsafe fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
         let d8 = d.iter().map(|&v| _mm256_set1_ps(v)).collect();
         return Acts {
             qs,
+            wide: Vec::new(),
             d8,
             d4: Vec::new(),
             m,
@@ -147,8 +151,14 @@ unsafe fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
             d4[((i / GROUP) * kb + b) * GROUP + i % GROUP] = v;
         }
     }
+    let mut wide = vec![_mm256_setzero_si256(); 2 * m * kb];
+    wide.par_chunks_mut(2 * chunk)
+        .zip(qs.par_chunks(chunk))
+        // SAFETY: the caller checked the CPU features.
+        .for_each(|(w, q)| unsafe { widen_blocks(q, w) });
     Acts {
         qs,
+        wide,
         d8: Vec::new(),
         d4,
         m,
@@ -162,6 +172,31 @@ unsafe fn quantize_blocks(x: &[f32], qs: &mut [__m256i], d: &mut [f32]) {
     for ((x, q), d) in x.chunks_exact(32).zip(qs).zip(d) {
         (*q, *d) = quantize_block(x);
     }
+}
+
+/// [`widen`] for consecutive blocks: `q[b]` into `w[2b]`, `w[2b + 1]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_blocks(q: &[__m256i], w: &mut [__m256i]) {
+    for (&q, w) in q.iter().zip(w.chunks_exact_mut(2)) {
+        (w[0], w[1]) = widen(q);
+    }
+}
+
+/// A block's 32 quants as two vectors of 16 `i16`: quants `4l, 4l + 1` (l = 0..8) and quants
+/// `4l + 2, 4l + 3`, so `madd` of each with a weight block widened alike gives, summed, ggml's
+/// 8 lanes of 4 consecutive products (exact integers either way).
+#[inline(always)]
+unsafe fn widen(q: __m256i) -> (__m256i, __m256i) {
+    let pairs = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7,
+        10, 11, 14, 15,
+    );
+    // Per 128-bit lane: the even pairs, then the odd pairs; then the even halves together.
+    let p = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(q, pairs));
+    (
+        _mm256_cvtepi8_epi16(_mm256_castsi256_si128(p)),
+        _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(p)),
+    )
 }
 
 /// ggml's AVX2 `quantize_row_q8_0` for one block, operation for operation: the quants and
@@ -278,24 +313,30 @@ impl Task<'_> {
     #[inline(always)]
     unsafe fn panels(&self) {
         let kb = self.acts.kb;
-        // Weight scales widened once per task, each repeated for the four rows of a group so
-        // a tile's products of scales are one vector multiply per block.
-        let mut dw = vec![0f32; self.cols * kb * GROUP];
-        // This is the first touch of the task's weights: prefetch ahead of it, and the tiles
-        // then find them in L2.
+        // The task's weights widened once: scales to f32, each repeated for the four rows of a
+        // group so a tile's products of scales are one vector multiply per block, and quants
+        // to `i16` halves (`widen`). This is the first touch of the weights: prefetch ahead of
+        // it; the tiles then find the widened copy (a few dozen to 200 KiB) in L2.
         let table = f16_table();
-        for (s, wb) in dw.chunks_exact_mut(GROUP).zip(self.w.chunks_exact(BLOCK)) {
+        let mut dw = vec![0f32; self.cols * kb * GROUP];
+        let mut ww = vec![_mm256_setzero_si256(); 2 * self.cols * kb];
+        for ((s, wb), ww) in dw
+            .chunks_exact_mut(GROUP)
+            .zip(self.w.chunks_exact(BLOCK))
+            .zip(ww.chunks_exact_mut(2))
+        {
             _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
             s.fill(table[u16::from_le_bytes([wb[0], wb[1]]) as usize]);
+            (ww[0], ww[1]) = widen(_mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i));
         }
         let mut ds = vec![0f32; PANEL_COLS_MAX * kb * GROUP];
         let m = self.acts.m;
         for r in (0..m).step_by(GROUP) {
             match m - r {
-                1 => self.panel_row::<1, PANEL_COLS_MAX>(r, &dw, &mut ds),
-                2 => self.panel_row::<2, PANEL_COLS_MAX>(r, &dw, &mut ds),
-                3 => self.panel_row::<3, 3>(r, &dw, &mut ds),
-                _ => self.panel_row::<GROUP, PANEL_COLS>(r, &dw, &mut ds),
+                1 => self.panel_row::<1, PANEL_COLS_MAX>(r, &dw, &ww, &mut ds),
+                2 => self.panel_row::<2, PANEL_COLS_MAX>(r, &dw, &ww, &mut ds),
+                3 => self.panel_row::<3, 3>(r, &dw, &ww, &mut ds),
+                _ => self.panel_row::<GROUP, PANEL_COLS>(r, &dw, &ww, &mut ds),
             }
         }
     }
@@ -306,28 +347,33 @@ impl Task<'_> {
         &self,
         r: usize,
         dw: &[f32],
+        ww: &[__m256i],
         ds: &mut [f32],
     ) {
         let mut c = 0;
         while c + RN <= self.cols {
-            self.panel_tile::<RM, RN>(r, c, dw, ds);
+            self.panel_tile::<RM, RN>(r, c, dw, ww, ds);
             c += RN;
         }
         while c < self.cols {
-            self.panel_tile::<RM, 1>(r, c, dw, ds);
+            self.panel_tile::<RM, 1>(r, c, dw, ww, ds);
             c += 1;
         }
     }
 
     /// Rows `r..r + RM` (within one group) against weight rows `c..c + RN`: the products of
     /// scales into `ds` (`[weight row][block][row]`), then `RM·RN` accumulators over all
-    /// blocks.
+    /// blocks of the widened quants (`ww`, `acts.wide`: see [`widen`]), per block pair two
+    /// `madd`, an add, the conversion and the `fma` (one operation fewer than the
+    /// `sign`/`maddubs` form, whose `sign`, `maddubs` and `madd` also contend for the same two
+    /// execution pipes on Zen 3).
     #[inline(always)]
     unsafe fn panel_tile<const RM: usize, const RN: usize>(
         &self,
         r: usize,
         c: usize,
         dw: &[f32],
+        ww: &[__m256i],
         ds: &mut [f32],
     ) {
         let kb = self.acts.kb;
@@ -342,22 +388,22 @@ impl Task<'_> {
                 *p = a * b;
             }
         }
-        let wstride = kb * BLOCK;
-        let w = self.w.as_ptr().add(c * wstride);
-        let xq = self.acts.qs.as_ptr().add(r * kb);
+        let w = ww.as_ptr().add(c * kb * 2);
+        let x = self.acts.wide.as_ptr().add(r * kb * 2);
         let ds = ds.as_ptr();
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
         for b in 0..kb {
             for j in 0..RN {
-                let qw = _mm256_loadu_si256(w.add(j * wstride + b * BLOCK + 2) as *const __m256i);
-                let aw = _mm256_sign_epi8(qw, qw);
+                let wl = *w.add((j * kb + b) * 2);
+                let wh = *w.add((j * kb + b) * 2 + 1);
                 for i in 0..RM {
-                    // A volatile read keeps LLVM from holding all four activation blocks in
-                    // registers across the weight rows, which spills accumulators instead.
-                    let qx = std::ptr::read_volatile(xq.add(i * kb + b));
-                    let pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw));
-                    let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                    // Volatile reads keep LLVM from holding all four rows' blocks in registers
+                    // across the weight rows, which spills accumulators instead.
+                    let xl = std::ptr::read_volatile(x.add((i * kb + b) * 2));
+                    let xh = std::ptr::read_volatile(x.add((i * kb + b) * 2 + 1));
+                    let sum =
+                        _mm256_add_epi32(_mm256_madd_epi16(wl, xl), _mm256_madd_epi16(wh, xh));
+                    let lanes = _mm256_cvtepi32_ps(sum);
                     let d = _mm256_broadcast_ss(&*ds.add((j * kb + b) * GROUP + i));
                     acc[i][j] = _mm256_fmadd_ps(d, lanes, acc[i][j]);
                 }
