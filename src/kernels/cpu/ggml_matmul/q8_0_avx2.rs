@@ -313,51 +313,67 @@ impl Task<'_> {
     #[inline(always)]
     unsafe fn panels(&self) {
         let kb = self.acts.kb;
-        // The task's weights widened once: scales to f32, each repeated for the four rows of a
-        // group so a tile's products of scales are one vector multiply per block, and quants
-        // to `i16` halves (`widen`). This is the first touch of the weights: prefetch ahead of
-        // it; the tiles then find the widened copy (a few dozen to 200 KiB) in L2.
-        let table = f16_table();
+        // The task's weights widened once (see `widen_rows`), by the first group's tiles just
+        // before they use them, so reading them from memory overlaps that group's arithmetic.
         let mut dw = vec![0f32; self.cols * kb * GROUP];
         let mut ww = vec![_mm256_setzero_si256(); 2 * self.cols * kb];
-        for ((s, wb), ww) in dw
-            .chunks_exact_mut(GROUP)
-            .zip(self.w.chunks_exact(BLOCK))
-            .zip(ww.chunks_exact_mut(2))
-        {
-            _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
-            s.fill(table[u16::from_le_bytes([wb[0], wb[1]]) as usize]);
-            (ww[0], ww[1]) = widen(_mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i));
-        }
         let mut ds = vec![0f32; PANEL_COLS_MAX * kb * GROUP];
         let m = self.acts.m;
-        for r in (0..m).step_by(GROUP) {
+        self.panel_row::<GROUP, PANEL_COLS, true>(0, &mut dw, &mut ww, &mut ds);
+        for r in (GROUP..m).step_by(GROUP) {
             match m - r {
-                1 => self.panel_row::<1, PANEL_COLS_MAX>(r, &dw, &ww, &mut ds),
-                2 => self.panel_row::<2, PANEL_COLS_MAX>(r, &dw, &ww, &mut ds),
-                3 => self.panel_row::<3, 3>(r, &dw, &ww, &mut ds),
-                _ => self.panel_row::<GROUP, PANEL_COLS>(r, &dw, &ww, &mut ds),
+                1 => self.panel_row::<1, PANEL_COLS_MAX, false>(r, &mut dw, &mut ww, &mut ds),
+                2 => self.panel_row::<2, PANEL_COLS_MAX, false>(r, &mut dw, &mut ww, &mut ds),
+                3 => self.panel_row::<3, 3, false>(r, &mut dw, &mut ww, &mut ds),
+                _ => self.panel_row::<GROUP, PANEL_COLS, false>(r, &mut dw, &mut ww, &mut ds),
             }
         }
     }
 
-    /// Rows `r..r + RM` against every weight row of the task.
+    /// Rows `r..r + RM` against every weight row of the task; with `WIDEN`, each tile's weight
+    /// rows are widened first.
     #[inline(always)]
-    unsafe fn panel_row<const RM: usize, const RN: usize>(
+    unsafe fn panel_row<const RM: usize, const RN: usize, const WIDEN: bool>(
         &self,
         r: usize,
-        dw: &[f32],
-        ww: &[__m256i],
+        dw: &mut [f32],
+        ww: &mut [__m256i],
         ds: &mut [f32],
     ) {
         let mut c = 0;
-        while c + RN <= self.cols {
-            self.panel_tile::<RM, RN>(r, c, dw, ww, ds);
-            c += RN;
-        }
         while c < self.cols {
-            self.panel_tile::<RM, 1>(r, c, dw, ww, ds);
-            c += 1;
+            let rn = if c + RN <= self.cols { RN } else { 1 };
+            if WIDEN {
+                self.widen_rows(c, rn, dw, ww);
+            }
+            if rn == RN {
+                self.panel_tile::<RM, RN>(r, c, dw, ww, ds);
+            } else {
+                self.panel_tile::<RM, 1>(r, c, dw, ww, ds);
+            }
+            c += rn;
+        }
+    }
+
+    /// Weight rows `c..c + rows` widened: scales to f32 into `dw`, each repeated for the four
+    /// rows of a group so a tile's products of scales are one vector multiply per block, and
+    /// quants to `i16` halves ([`widen`]) into `ww`. This is the first touch of the weights:
+    /// it prefetches the next rows' (the tiles then find the widened copy, a few dozen to
+    /// 200 KiB, in L2).
+    #[inline(always)]
+    unsafe fn widen_rows(&self, c: usize, rows: usize, dw: &mut [f32], ww: &mut [__m256i]) {
+        let kb = self.acts.kb;
+        let table = f16_table();
+        let raw = &self.w[c * kb * BLOCK..(c + rows) * kb * BLOCK];
+        let ahead = PREFETCH_AHEAD.max(rows * kb * BLOCK);
+        for ((s, wb), ww) in dw[c * kb * GROUP..]
+            .chunks_exact_mut(GROUP)
+            .zip(raw.chunks_exact(BLOCK))
+            .zip(ww[c * kb * 2..].chunks_exact_mut(2))
+        {
+            _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().wrapping_add(ahead) as *const i8);
+            s.fill(table[u16::from_le_bytes([wb[0], wb[1]]) as usize]);
+            (ww[0], ww[1]) = widen(_mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i));
         }
     }
 
