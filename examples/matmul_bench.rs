@@ -149,6 +149,7 @@ fn main() -> candle_core::Result<()> {
     }
     quantized()?;
     decode_sweep();
+    q8_0_decode_sweep()?;
     Ok(())
 }
 
@@ -160,7 +161,7 @@ fn quantized() -> candle_core::Result<()> {
         let w: Vec<f32> = (0..n * k).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
         let q = QTensor::quantize(&wt, GgmlDType::Q8_0)?;
-        for &m in &[1usize, 16, 128, 512] {
+        for &m in &[1usize, 2, 4, 8, 16, 128, 512] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
             let gflop = 2.0 * (m * n * k) as f64 / 1e9;
             let secs = best_of(3, || {
@@ -172,10 +173,9 @@ fn quantized() -> candle_core::Result<()> {
     Ok(())
 }
 
-/// One decode token's matmuls of granite-4.0-h-350m (28 Mamba + 4 attention layers, shared
-/// MLP in all 32, tied 100352-row head) with bf16 weights and one activation row: the weights
-/// (680 MB) do not fit in any cache, so this is the decode GEMV at memory speed.
-fn decode_sweep() {
+/// The matrix shapes of one granite-4.0-h-350m decode token: 28 Mamba + 4 attention layers,
+/// the shared MLP in all 32, the tied 100352-row head.
+fn decode_shapes() -> Vec<(usize, usize)> {
     let mut shapes: Vec<(usize, usize)> = Vec::new();
     for layer in 0..32 {
         if [10, 13, 17, 27].contains(&layer) {
@@ -186,6 +186,45 @@ fn decode_sweep() {
         shapes.extend([(768, 4096), (2048, 768)]);
     }
     shapes.push((768, 100352));
+    shapes
+}
+
+/// [`decode_sweep`] with Q8_0 weights (380 MB) through the llama.cpp-exact kernel, for one to
+/// four activation rows (decode of that many sequences).
+fn q8_0_decode_sweep() -> candle_core::Result<()> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use nanovllm::kernels::cpu::ggml_matmul::matmul_t as q_matmul;
+    let shapes = decode_shapes();
+    let mats = shapes
+        .iter()
+        .map(|&(k, n)| {
+            let w: Vec<f32> = (0..n * k).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+            QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu)?, GgmlDType::Q8_0)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let bytes: usize = shapes.iter().map(|&(k, n)| n * k / 32 * 34).sum();
+    for m in 1..=4 {
+        let x = vec![0.5f32; m * 2048];
+        let secs = best_of(5, || {
+            for (w, &(k, _)) in mats.iter().zip(&shapes) {
+                let _ = q_matmul(w, &x[..m * k], m).unwrap();
+            }
+        });
+        println!(
+            "Q8_0 decode sweep, {m} row(s): {:.1} ms/step, {:.1} GB/s of weights, {} MB",
+            secs * 1e3,
+            bytes as f64 / secs / 1e9,
+            bytes / 1_000_000
+        );
+    }
+    Ok(())
+}
+
+/// One decode token's matmuls of granite-4.0-h-350m (28 Mamba + 4 attention layers, shared
+/// MLP in all 32, tied 100352-row head) with bf16 weights and one activation row: the weights
+/// (680 MB) do not fit in any cache, so this is the decode GEMV at memory speed.
+fn decode_sweep() {
+    let shapes = decode_shapes();
     let mats: Vec<PackedBf16> = shapes
         .iter()
         .map(|&(k, n)| PackedBf16::from_f32(&vec![0.01f32; n * k], n, k))

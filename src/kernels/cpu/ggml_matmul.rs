@@ -312,114 +312,9 @@ unsafe fn dot_rows_avx2<W: Legacy>(
     dot_rows::<W>(w, kb, xb, xsize, first, out, m)
 }
 
-/// ggml's AVX2 `ggml_vec_dot_q8_0_q8_0` with intrinsics: per block, `|w|` times `x·sign(w)`
-/// by `maddubs` (pairs of byte products, never saturating: quants are within ±127), pairs of
-/// those by `madd` (8 lanes of 4 consecutive products, the lanes of [`dot_rows`]), converted
-/// and `fma`'d with `dw·dx`; `hsum_float_8` at the end. The integer lanes are exact, so this is
-/// bitwise [`dot_rows`] (tested), at a quarter of its instructions.
+/// Q8_0 against Q8_0 activations with AVX2 register tiles (bitwise [`dot_rows`], tested).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::needless_range_loop)] // fixed-size register tiles read clearest as index loops
-mod q8_0_avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{f16_at, hsum8};
-
-    const BLOCK: usize = 34;
-
-    /// [`super::dot_rows`] for Q8_0 weights and activations.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `w` holds the weight rows `first..first + out.len() / m` of
-    /// `kb` blocks each, `xb` `m` activation rows of `kb` blocks.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_rows(
-        w: &[u8],
-        kb: usize,
-        xb: &[u8],
-        first: usize,
-        out: &mut [f32],
-        m: usize,
-    ) {
-        let dx: Vec<f32> = (0..m * kb).map(|b| f16_at(xb, b * BLOCK)).collect();
-        let cols = out.len() / m;
-        let mut c0 = 0;
-        while c0 + 4 <= cols {
-            columns::<4>(
-                w,
-                kb,
-                xb,
-                &dx,
-                first + c0,
-                &mut out[c0 * m..(c0 + 4) * m],
-                m,
-            );
-            c0 += 4;
-        }
-        while c0 < cols {
-            columns::<1>(
-                w,
-                kb,
-                xb,
-                &dx,
-                first + c0,
-                &mut out[c0 * m..(c0 + 1) * m],
-                m,
-            );
-            c0 += 1;
-        }
-    }
-
-    /// `NC` weight rows from `first` against all `m` activation rows, in tiles of `TILE` rows:
-    /// each activation block is loaded once for the `NC` weight rows, and a tile's
-    /// accumulators stay in L1.
-    #[inline(always)]
-    unsafe fn columns<const NC: usize>(
-        w: &[u8],
-        kb: usize,
-        xb: &[u8],
-        dx: &[f32],
-        first: usize,
-        out: &mut [f32],
-        m: usize,
-    ) {
-        const TILE: usize = 16;
-        let ones = _mm256_set1_epi16(1);
-        let rows = &w[first * kb * BLOCK..(first + NC) * kb * BLOCK];
-        let (wp, xp) = (rows.as_ptr(), xb.as_ptr());
-        for i0 in (0..m).step_by(TILE) {
-            let tile = TILE.min(m - i0);
-            let mut accs = [[_mm256_setzero_ps(); NC]; TILE];
-            for bi in 0..kb {
-                let mut qw = [_mm256_setzero_si256(); NC];
-                let mut dw = [0f32; NC];
-                for c in 0..NC {
-                    let at = (c * kb + bi) * BLOCK;
-                    dw[c] = f16_at(rows, at);
-                    qw[c] = _mm256_loadu_si256(wp.add(at + 2) as *const __m256i);
-                }
-                for (t, acc) in accs.iter_mut().enumerate().take(tile) {
-                    // In bounds: `xb` holds `m * kb` blocks (caller), `dx` one per block.
-                    let b = (i0 + t) * kb + bi;
-                    let qx = _mm256_loadu_si256(xp.add(b * BLOCK + 2) as *const __m256i);
-                    let d_x = dx[b];
-                    for c in 0..NC {
-                        let aw = _mm256_sign_epi8(qw[c], qw[c]);
-                        let pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw[c]));
-                        let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[c] * d_x), lanes, acc[c]);
-                    }
-                }
-            }
-            for (t, acc) in accs.iter().enumerate().take(tile) {
-                for c in 0..NC {
-                    let mut a = [0f32; 8];
-                    _mm256_storeu_ps(a.as_mut_ptr(), acc[c]);
-                    out[c * m + i0 + t] = hsum8(&a);
-                }
-            }
-        }
-    }
-}
+mod q8_0_avx2;
 
 /// Legacy-quant matmul with [`dot_legacy`]; `D` is the activation block type.
 fn run_legacy<W: Legacy, D: GgmlType>(
@@ -437,11 +332,21 @@ fn run_legacy<W: Legacy, D: GgmlType>(
             got: vec![w.len() / (kb * W::SIZE).max(1), k],
         });
     }
+    #[cfg(target_arch = "x86_64")]
+    let fast = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(target_arch = "x86_64")]
+    if fast
+        && W::SIZE == Q8_0::SIZE
+        && D::DTYPE == GgmlDType::Q8_0
+        && is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked); Q8_0 weights of `n` rows of `kb`
+        // blocks (checked above) and `m * k` activations (checked by `matmul_t`).
+        return Ok(unsafe { q8_0_avx2::matmul(w, x, m, k, n) });
+    }
     let mut xq: Vec<D> = quantize_rows::<D>(x, k);
     let xsize = std::mem::size_of::<D>();
     let xb: &[u8] = bytes_mut(&mut xq);
-    #[cfg(target_arch = "x86_64")]
-    let fast = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     let mut out_t = vec![0f32; n * m];
     let cols = task_columns(m, k, n);
     out_t
@@ -449,12 +354,6 @@ fn run_legacy<W: Legacy, D: GgmlType>(
         .enumerate()
         .for_each(|(c, chunk)| {
             #[cfg(target_arch = "x86_64")]
-            if fast && W::SIZE == Q8_0::SIZE && xsize == Q8_0::SIZE {
-                // SAFETY: the CPU has AVX2 and FMA (checked above); Q8_0 weights and
-                // activations (both 34-byte blocks), sizes checked by the caller.
-                unsafe { q8_0_avx2::dot_rows(w, kb, xb, c * cols, chunk, m.max(1)) };
-                return;
-            }
             if fast {
                 // SAFETY: the CPU has AVX2 and FMA (checked above).
                 unsafe { dot_rows_avx2::<W>(w, kb, xb, xsize, c * cols, chunk, m.max(1)) };
@@ -473,14 +372,20 @@ pub(super) fn task_columns(m: usize, k: usize, n: usize) -> usize {
     by_work.min(by_threads) / 16 * 16
 }
 
+/// `[n, m]` → `[m, n]`, in 16 × 16 tiles so both sides stay in cache at large `m`.
 pub(super) fn transpose(out_t: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     if m == 1 {
         return out_t;
     }
+    const T: usize = 16;
     let mut out = vec![0f32; m * n];
-    for r in 0..n {
-        for i in 0..m {
-            out[i * n + r] = out_t[r * m + i];
+    for r0 in (0..n).step_by(T) {
+        for i0 in (0..m).step_by(T) {
+            for r in r0..(r0 + T).min(n) {
+                for i in i0..(i0 + T).min(m) {
+                    out[i * n + r] = out_t[r * m + i];
+                }
+            }
         }
     }
     out
@@ -695,30 +600,72 @@ mod tests {
         }
     }
 
+    /// Every path of the Q8_0 kernel (decode streams for 1-4 rows, prefill tiles from 5 rows
+    /// with leftover rows and columns, several parallel tasks) is bitwise the plain dot.
     #[test]
     fn q8_0_kernel_is_bitwise_the_plain_dot() {
-        let (n, k, m) = (35, 512, 6);
+        let k = 256;
+        let kb = k / 32;
+        for n in [1, 7, 35, 131] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            let data = q.data().unwrap();
+            for m in [1, 2, 3, 4, 5, 7, 16, 33] {
+                let mut x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                x[32..64].fill(0.0); // an all-zero block (scale 0)
+                let got = matmul_t(&q, &x, m).unwrap();
+                let mut xq = quantize_rows::<BlockQ8_0>(&x, k);
+                let xb = bytes_mut(&mut xq).to_vec();
+                for i in 0..m {
+                    for r in 0..n {
+                        let want = dot_plain::<Q8_0>(
+                            &data[r * kb * 34..(r + 1) * kb * 34],
+                            &xb[i * kb * 34..(i + 1) * kb * 34],
+                            34,
+                        );
+                        let g = got[i * n + r];
+                        assert_eq!(g.to_bits(), want.to_bits(), "n {n} m {m} row {i} col {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// ggml's quantizers never write -128, but a file may hold it: the kernel's `|w|`,
+    /// `x·sign(w)` form is exact for it too (like ggml's).
+    #[test]
+    fn q8_0_kernel_is_exact_for_minus_128() {
+        let (n, k) = (9, 64);
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
+        let mut data = QTensor::quantize(&w, GgmlDType::Q8_0)
             .unwrap()
-            .flatten_all()
+            .data()
             .unwrap()
-            .to_vec1()
-            .unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let got = matmul_t(&q, &x, m).unwrap();
-        let data = q.data().unwrap();
-        let mut xq = quantize_rows::<BlockQ8_0>(&x, k);
-        let xb = bytes_mut(&mut xq).to_vec();
-        let (kb, xs) = (k / 32, 34);
-        for i in 0..m {
-            for r in 0..n {
-                let want = dot_plain::<Q8_0>(
-                    &data[r * kb * 34..(r + 1) * kb * 34],
-                    &xb[i * kb * xs..(i + 1) * kb * xs],
-                    xs,
-                );
-                assert_eq!(got[i * n + r].to_bits(), want.to_bits(), "row {i} col {r}");
+            .to_vec();
+        for at in [2, 3, 34 + 7, 5 * 68 + 40] {
+            data[at] = 0x80;
+        }
+        for m in [1, 2, 3, 4, 6] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.1)
+                .collect();
+            let got = run_legacy::<Q8_0, BlockQ8_0>(&data, &x, m, k, n).unwrap();
+            let mut xq = quantize_rows::<BlockQ8_0>(&x, k);
+            let xb = bytes_mut(&mut xq).to_vec();
+            for i in 0..m {
+                for r in 0..n {
+                    let want = dot_plain::<Q8_0>(
+                        &data[r * 68..(r + 1) * 68],
+                        &xb[i * 68..(i + 1) * 68],
+                        34,
+                    );
+                    assert_eq!(got[i * n + r].to_bits(), want.to_bits(), "m {m} {i} {r}");
+                }
             }
         }
     }
