@@ -358,7 +358,7 @@ mod tests {
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let v = ((s >> 33) % 2001) as f32 / 1000.0 - 1.0;
-                if (s >> 20) % 97 == 0 {
+                if (s >> 20).is_multiple_of(97) {
                     -v
                 } else {
                     v

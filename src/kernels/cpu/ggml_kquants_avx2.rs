@@ -207,7 +207,7 @@ unsafe fn q6k_lanes(w: *const u8, a: *const u8) -> __m256i {
         _mm256_permute2x128_si256(scales16, scales16, 0x11),
     ];
     let mut sumi = _mm256_setzero_si256();
-    for j in 0..2 {
+    for (j, half) in halves.iter().enumerate() {
         let q4bits1 = _mm256_loadu_si256(ql.add(64 * j) as *const __m256i);
         let q4bits2 = _mm256_loadu_si256(ql.add(64 * j + 32) as *const __m256i);
         let q4bits_h = _mm256_loadu_si256(qh.add(32 * j) as *const __m256i);
@@ -224,7 +224,7 @@ unsafe fn q6k_lanes(w: *const u8, a: *const u8) -> __m256i {
         for (kk, q) in q4.iter().enumerate() {
             let a8 = _mm256_loadu_si256(q8.add(128 * j + 32 * kk) as *const __m256i);
             let split = _mm256_loadu_si256(SPLIT[kk].as_ptr() as *const __m256i);
-            let sc = _mm256_shuffle_epi8(halves[j], split);
+            let sc = _mm256_shuffle_epi8(*half, split);
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, _mm256_maddubs_epi16(*q, a8)));
         }
     }
