@@ -3,6 +3,8 @@
 # fixtures; nothing here is needed to build or test nanovllm. Idempotent.
 #
 #   scripts/build_llama_cpp.sh            # -> $LLAMA_CPP_HOME (default ~/.cache/nanovllm/llama.cpp)
+#   scripts/build_llama_cpp.sh --avx2     # also build-avx2/: libllama without AVX-512, for the
+#                                         # reference fixtures (scripts/make_gguf_references.py)
 #
 # Afterwards:
 #   $LLAMA_CPP_HOME/src/vendor/llama.cpp/convert_hf_to_gguf.py   the converter
@@ -38,3 +40,14 @@ if [ ! -x build/bin/llama-quantize ] || [ ! -x build/bin/llama-bench ] || [ ! -x
     cmake --build build -j "$(nproc)" --target llama llama-quantize llama-bench llama-batched-bench
 fi
 echo "llama.cpp ready in $HOME_DIR ($(cd src/vendor/llama.cpp && git log -1 --format=%h 2>/dev/null || echo "sdist $VERSION"))"
+
+if [ "${1:-}" = "--avx2" ] && [ ! -f build-avx2/bin/libllama.so ]; then
+    # nanovllm's GGUF numerics follow ggml's AVX2 + FMA kernels, whatever CPU this is.
+    cmake -S src/vendor/llama.cpp -B build-avx2 -G Ninja \
+        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+        -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DLLAMA_CURL=OFF \
+        -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_OPENSSL=OFF
+    cmake --build build-avx2 -j "$(nproc)" --target llama
+    echo "AVX2 llama.cpp library in $HOME_DIR/build-avx2/bin"
+fi

@@ -12,13 +12,19 @@ scripts/convert_granite_gguf.py; it writes small JSON files under tests/fixtures
                     no BOS), to check our GGUF tokenizer against.
 
 Numerics: the KV cache is F32 and flash attention is off, matching nanovllm (llama.cpp's
-default F16 KV cache rounds keys/values; that is a cache setting, not the model). Run it on an
-AVX2 machine (no AVX-512): ggml's results differ in the last bits between its AVX2 and AVX-512
-builds, and nanovllm reproduces the AVX2 build's arithmetic (src/kernels/ggml_math.rs).
+default F16 KV cache rounds keys/values; that is a cache setting, not the model). Use an AVX2
+build of llama.cpp (no AVX-512): ggml's results differ in the last bits between its AVX2 and
+AVX-512 builds, and nanovllm reproduces the AVX2 build's arithmetic (src/kernels/ggml_math.rs).
+On an AVX-512 machine `scripts/build_llama_cpp.sh --avx2` builds one into build-avx2/:
 
-    PYTHONPATH=$LLAMA_CPP_HOME/src LLAMA_CPP_LIB_PATH=$LLAMA_CPP_HOME/build/bin \\
+    LLAMA_CPP_LIB_PATH=$LLAMA_CPP_HOME/build-avx2/bin \\
         python3 scripts/make_gguf_references.py [smollm2|gemma3|granite]...
+
+The Granite files are random checkpoints made here, and the same script run on another machine
+does not always give the same bytes (the BF16 file of 2026-11-23 and that of 2026-12-03 differ),
+so the Granite references record the file's sha256 and the test skips a different file.
 """
+import hashlib
 import json
 import os
 import sys
@@ -135,11 +141,19 @@ def render_chat(template: str, user: str, bos: str, eos: str) -> str:
 
 
 def version() -> str:
-    # ggml's arithmetic depends on the SIMD level it was built for (GGML_NATIVE); nanovllm's
-    # GGUF numerics (kernels/ggml_math.rs) follow the AVX2 + FMA build.
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    simd = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else "other"
-    return f"llama-cpp-python {llama_cpp.__version__} (vendored llama.cpp, native {simd} build)"
+    # ggml's arithmetic depends on the SIMD level it was built for; nanovllm's GGUF numerics
+    # (kernels/ggml_math.rs) follow the AVX2 + FMA build, so record what this library has.
+    info = llama_cpp.llama_print_system_info().decode()
+    simd = "avx512" if "AVX512 = 1" in info else "avx2" if "AVX2 = 1" in info else "other"
+    return f"llama-cpp-python {llama_cpp.__version__} (vendored llama.cpp, {simd} build)"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def make_model(name: str, spec: dict) -> None:
@@ -190,7 +204,7 @@ def make_granite() -> None:
             print(f"{name}: {out[:12]}...")
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f"{name}.json").write_text(json.dumps(
-            {"model": file, "llama_cpp": version(), "cases": cases}, indent=1) + "\n")
+            {"model": file, "sha256": sha256(path), "llama_cpp": version(), "cases": cases}, indent=1) + "\n")
 
 
 def main() -> None:
