@@ -66,6 +66,37 @@ fn all_fixtures_match_transformers() {
     }
 }
 
+/// The `granite` and `mamba2` GGUF loaders, on fixtures converted by llama.cpp's own
+/// converter (F32, `scripts/make_gguf_fixtures.py`): same logits as transformers, and `info`
+/// describes the file.
+#[test]
+fn gguf_conversions_of_fixtures_match_transformers() {
+    let ggufs: Vec<PathBuf> = fixture_dirs()
+        .into_iter()
+        .map(|d| d.join("model.gguf"))
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(
+        ggufs.len() >= 3,
+        "expected the committed GGUF fixtures, found {}",
+        ggufs.len()
+    );
+    for path in ggufs {
+        let name = path.display().to_string();
+        let model = nanovllm::models::load(&path).unwrap();
+        let reference = Reference::load(&path.with_file_name("reference.safetensors")).unwrap();
+        let report = validate(model.as_ref(), &reference).unwrap();
+        assert_exact(&name, &report);
+        let out = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
+            .args(["info", "--model"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("GGUF"), "{name}: {stdout}");
+    }
+}
+
 #[test]
 fn validate_cli_prints_json_report() {
     let dir = fixture_dirs().into_iter().next().unwrap();
