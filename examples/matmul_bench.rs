@@ -3,7 +3,8 @@
 //! rounded to bf16), plus the machine's memory read bandwidth for scale. Prints GFLOP/s, and
 //! for one row the weight bytes streamed per second (GB/s).
 //!
-//! Run: `cargo run --release --example matmul_bench [-- --quick] [-- --cpu-time]`.
+//! Run: `cargo run --release --example matmul_bench [-- --quick] [-- --cpu-time] [-- --q8]`.
+//! `--q8` runs only the Q8_0 rows (more shapes).
 //! `--cpu-time` times by the CPU time of the process's threads divided by the thread count
 //! (what the wall time would be on otherwise idle cores): steadier on a shared machine.
 
@@ -67,6 +68,9 @@ fn main() -> candle_core::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--cpu-time") {
         CPU_TIME.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if std::env::args().any(|a| a == "--q8") {
+        return quantized(true);
     }
     println!(
         "threads {}, tiles {:?}, read bandwidth {:.1} GB/s",
@@ -147,17 +151,23 @@ fn main() -> candle_core::Result<()> {
             );
         }
     }
-    quantized()?;
+    quantized(false)?;
     decode_sweep();
     q8_0_decode_sweep()?;
     Ok(())
 }
 
 /// Q8_0 weights through the llama.cpp-exact kernel (activations quantized to Q8_0 per call).
-fn quantized() -> candle_core::Result<()> {
+/// With `all`, every Granite prefill shape.
+fn quantized(all: bool) -> candle_core::Result<()> {
     use candle_core::quantized::{GgmlDType, QTensor};
     println!("{:>5} {:>6} {:>6} | {:>8}  GFLOP/s", "m", "k", "n", "q8_0");
-    for &(k, n) in &[(768usize, 3376usize), (2048, 768)] {
+    let shapes: &[(usize, usize)] = if all {
+        &[(768, 3376), (2048, 768), (768, 1536), (1536, 768), (768, 4096)]
+    } else {
+        &[(768, 3376), (2048, 768)]
+    };
+    for &(k, n) in shapes {
         let w: Vec<f32> = (0..n * k).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
         let q = QTensor::quantize(&wt, GgmlDType::Q8_0)?;

@@ -316,6 +316,10 @@ unsafe fn dot_rows_avx2<W: Legacy>(
 #[cfg(target_arch = "x86_64")]
 mod q8_0_avx2;
 
+/// Q8_0 prefill with AVX-512 VNNI (bitwise [`dot_rows`], tested).
+#[cfg(target_arch = "x86_64")]
+mod q8_0_avx512;
+
 /// Legacy-quant matmul with [`dot_legacy`]; `D` is the activation block type.
 fn run_legacy<W: Legacy, D: GgmlType>(
     w: &[u8],
@@ -340,6 +344,10 @@ fn run_legacy<W: Legacy, D: GgmlType>(
         && D::DTYPE == GgmlDType::Q8_0
         && is_x86_feature_detected!("f16c")
     {
+        if m > 4 && q8_0_avx512::available() {
+            // SAFETY: the CPU has the features (checked); shapes as below.
+            return Ok(unsafe { q8_0_avx512::matmul(w, x, m, k, n) });
+        }
         // SAFETY: the CPU has AVX2, FMA and F16C (checked); Q8_0 weights of `n` rows of `kb`
         // blocks (checked above) and `m * k` activations (checked by `matmul_t`).
         return Ok(unsafe { q8_0_avx2::matmul(w, x, m, k, n) });
@@ -665,6 +673,62 @@ mod tests {
                         34,
                     );
                     assert_eq!(got[i * n + r].to_bits(), want.to_bits(), "m {m} {i} {r}");
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 prefill kernel is bitwise the AVX2 kernel and the plain dot for every row
+    /// tail (5-8 rows, 16, 33, 128), odd and even weight-row counts (an odd last row, pair
+    /// tiles of one to four), `k` from one block, -128 weights and an all-zero block.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn q8_0_avx512_is_bitwise_the_avx2_kernel() {
+        if !q8_0_avx512::available() {
+            eprintln!("no AVX-512 VNNI: skipped");
+            return;
+        }
+        for k in [32, 96, 256] {
+            let kb = k / 32;
+            for n in [1, 2, 3, 9, 17, 49, 131] {
+                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+                let mut data = QTensor::quantize(&w, GgmlDType::Q8_0)
+                    .unwrap()
+                    .data()
+                    .unwrap()
+                    .to_vec();
+                for at in [2, 3, 33, 34 * (n * kb - 1) + 20] {
+                    data[at] = 0x80;
+                }
+                for m in [5, 6, 7, 8, 16, 33, 128] {
+                    let mut x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    x[k * (m - 1)..k * (m - 1) + 32].fill(0.0);
+                    // SAFETY: features checked; shapes match.
+                    let got = unsafe { q8_0_avx512::matmul(&data, &x, m, k, n) };
+                    // SAFETY: AVX-512 implies AVX2, FMA, F16C here (checked by `available`).
+                    let avx2 = unsafe { q8_0_avx2::matmul(&data, &x, m, k, n) };
+                    let mut xq = quantize_rows::<BlockQ8_0>(&x, k);
+                    let xb = bytes_mut(&mut xq).to_vec();
+                    for i in 0..m {
+                        for r in 0..n {
+                            let g = got[i * n + r];
+                            let a = avx2[i * n + r];
+                            assert_eq!(g.to_bits(), a.to_bits(), "k {k} n {n} m {m} {i} {r}");
+                            if i % 7 == 0 || i == m - 1 {
+                                let want = dot_plain::<Q8_0>(
+                                    &data[r * kb * 34..(r + 1) * kb * 34],
+                                    &xb[i * kb * 34..(i + 1) * kb * 34],
+                                    34,
+                                );
+                                assert_eq!(g.to_bits(), want.to_bits(), "k {k} n {n} m {m}");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -45,7 +45,7 @@ const PREFETCH_AHEAD: usize = 4096;
 
 /// Output columns per parallel task: a multiple of the tile widths, about 256 K multiply-adds
 /// each, at least four tasks per thread when there are enough columns.
-fn task_columns(m: usize, k: usize, n: usize) -> usize {
+pub(super) fn task_columns(m: usize, k: usize, n: usize) -> usize {
     let by_work = 262_144 / (m * k).max(1);
     let by_threads = n / (4 * rayon::current_num_threads());
     by_work.min(by_threads).clamp(48, 512) / 48 * 48
@@ -53,7 +53,7 @@ fn task_columns(m: usize, k: usize, n: usize) -> usize {
 
 /// The row-major `[m, n]` output, written by disjoint column ranges from parallel tasks.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+pub(super) struct Out(pub(super) *mut f32);
 
 // SAFETY: every task writes only its own columns (see `matmul`), so the writes never overlap.
 unsafe impl Send for Out {}
@@ -65,7 +65,7 @@ impl Out {
     ///
     /// # Safety
     /// `first` is inside the output.
-    unsafe fn column(&self, first: usize) -> *mut f32 {
+    pub(super) unsafe fn column(&self, first: usize) -> *mut f32 {
         self.0.add(first)
     }
 }
@@ -202,7 +202,7 @@ unsafe fn widen(q: __m256i) -> (__m256i, __m256i) {
 /// ggml's AVX2 `quantize_row_q8_0` for one block, operation for operation: the quants and
 /// the scale (rounded through f16 as ggml stores it).
 #[inline(always)]
-unsafe fn quantize_block(x: &[f32]) -> (__m256i, f32) {
+pub(super) unsafe fn quantize_block(x: &[f32]) -> (__m256i, f32) {
     let p = x.as_ptr();
     let v = [0, 8, 16, 24].map(|at| _mm256_loadu_ps(p.add(at)));
     let sign = _mm256_set1_ps(-0.0);
