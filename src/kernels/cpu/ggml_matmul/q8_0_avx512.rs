@@ -89,14 +89,13 @@ pub(super) unsafe fn matmul(w: &[u8], x: &[f32], m: usize, k: usize, n: usize) -
     out
 }
 
-/// Activations quantized like ggml's x86 `quantize_row_q8_0`, laid out for the tiles
-/// (`[row][block]`): each block's quants with every group of 4 doubled (`xs`), the
-/// accumulator start `M − 128·Σ₄x` alike (`start`), and the scales (the f16 ggml stores,
-/// widened) by groups of [`GROUP`] rows, each doubled (`dx`: `[group][block][row][2]`,
-/// zero-padded).
+/// Activations quantized like ggml's x86 `quantize_row_q8_0`, laid out for the tiles by
+/// groups of [`GROUP`] rows (zero-padded), so that a tile reads everything it needs of a block
+/// through one pointer: `xq` (`[group][block][row][2]`) holds each block's quants with every
+/// group of 4 doubled, then the accumulator start `M − 128·Σ₄x` alike; `dx`
+/// (`[group][block][row][2]`) the scales (the f16 ggml stores, widened), each doubled.
 struct Acts {
-    xs: Vec<__m512i>,
-    start: Vec<__m512i>,
+    xq: Vec<__m512i>,
     dx: Vec<f32>,
     kb: usize,
     m: usize,
@@ -106,36 +105,23 @@ struct Acts {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
     let kb = k / 32;
-    let mut xs = vec![_mm512_setzero_si512(); m * kb];
-    let mut start = vec![_mm512_setzero_si512(); m * kb];
-    let mut dx = vec![0f32; m.div_ceil(GROUP) * kb * 2 * GROUP];
-    let chunk = GROUP * kb;
+    let groups = m.div_ceil(GROUP);
+    let mut xq = vec![_mm512_setzero_si512(); groups * kb * GROUP * 2];
+    let mut dx = vec![0f32; groups * kb * GROUP * 2];
+    let chunk = kb * GROUP * 2;
     x.par_chunks(GROUP * k)
-        .zip(xs.par_chunks_mut(chunk))
-        .zip(start.par_chunks_mut(chunk))
-        .zip(dx.par_chunks_mut(chunk * 2))
-        .for_each(|(((x, xs), start), dx)| {
+        .zip(xq.par_chunks_mut(chunk))
+        .zip(dx.par_chunks_mut(chunk))
+        .for_each(|((x, xq), dx)| {
             // SAFETY: the caller checked the CPU features; the slices cover the same group.
-            unsafe { quantize_group(x, kb, xs, start, dx) }
+            unsafe { quantize_group(x, kb, xq, dx) }
         });
-    Acts {
-        xs,
-        start,
-        dx,
-        kb,
-        m,
-    }
+    Acts { xq, dx, kb, m }
 }
 
 /// [`quantize`] for one group of up to [`GROUP`] rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn quantize_group(
-    x: &[f32],
-    kb: usize,
-    xs: &mut [__m512i],
-    start: &mut [__m512i],
-    dx: &mut [f32],
-) {
+unsafe fn quantize_group(x: &[f32], kb: usize, xq: &mut [__m512i], dx: &mut [f32]) {
     let double = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     let c128 = _mm512_set1_epi8(-128);
     let magic = _mm512_set1_epi32(MAGIC);
@@ -143,12 +129,13 @@ unsafe fn quantize_group(
         for (b, blk) in row.chunks_exact(32).enumerate() {
             let (q, d) = quantize_block(blk);
             let q = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(q));
-            xs[i * kb + b] = q;
+            let at = (b * GROUP + i) * 2;
+            xq[at] = q;
             // `c128` read unsigned is 128 in every byte.
             let excess = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, q);
-            start[i * kb + b] = _mm512_sub_epi32(magic, excess);
-            dx[(b * GROUP + i) * 2] = d;
-            dx[(b * GROUP + i) * 2 + 1] = d;
+            xq[at + 1] = _mm512_sub_epi32(magic, excess);
+            dx[at] = d;
+            dx[at + 1] = d;
         }
     }
 }
@@ -163,14 +150,21 @@ struct Task<'a> {
     n: usize,
 }
 
-/// The task's weights repacked once by pairs of rows (`[pair][block]`): quants plus 128,
-/// interleaved by 4-byte group (`wq`), and scales as `[dw0, dw1]` repeated for the rows of a
-/// group (`dw`: `[pair][block][row][2]`). An odd last row pairs with zeros.
+/// The task's weights repacked once by tiles of [`PAIRS`] pairs of rows (an odd last row
+/// pairs with zeros, a short last tile is zero-padded): `wq` (`[tile][block][pair]`) the
+/// quants plus 128, the pair's interleaved by 4-byte group; `dw` (`[tile][block][pair][row]
+/// [2]`) the pair's scales repeated for the rows of a group; `ds` a tile's products of scales
+/// for one row group, laid out like `dw`.
 struct Packed {
     wq: Vec<__m512i>,
-    dw: Vec<f32>,
-    ds: Vec<f32>,
+    dw: Vec<__m512>,
+    ds: Vec<__m512>,
 }
+
+/// `f32`s of `dw` or `ds` per block of a tile.
+const TILE_SCALES: usize = PAIRS * GROUP * 2;
+
+const _: () = assert!(GROUP == 4, "`repack` stores a pair's scales for a group as one 8-float vector");
 
 impl Task<'_> {
     /// Every row group against every tile of weight-row pairs; the first group repacks each
@@ -179,42 +173,42 @@ impl Task<'_> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn run(&self) {
         let kb = self.acts.kb;
-        let pairs = self.cols.div_ceil(2);
+        let tiles = self.cols.div_ceil(2 * PAIRS);
         let mut p = Packed {
-            wq: vec![_mm512_setzero_si512(); pairs * kb],
-            dw: vec![0f32; pairs * kb * 2 * GROUP],
-            ds: vec![0f32; PAIRS * kb * 2 * GROUP],
+            wq: vec![_mm512_setzero_si512(); tiles * kb * PAIRS],
+            dw: vec![_mm512_setzero_ps(); tiles * kb * TILE_SCALES / 16],
+            ds: vec![_mm512_setzero_ps(); kb * TILE_SCALES / 16],
         };
         let m = self.acts.m;
         for r in (0..m).step_by(GROUP) {
-            let mut c = 0;
-            while c < pairs {
-                let rp = PAIRS.min(pairs - c);
+            for t in 0..tiles {
+                let rp = PAIRS.min(self.cols.div_ceil(2) - t * PAIRS);
                 if r == 0 {
-                    self.repack(c, rp, &mut p);
+                    self.repack(t, rp, &mut p);
                 }
                 match m - r {
-                    1 => self.tile_rows::<1>(r, c, rp, &mut p),
-                    2 => self.tile_rows::<2>(r, c, rp, &mut p),
-                    3 => self.tile_rows::<3>(r, c, rp, &mut p),
-                    _ => self.tile_rows::<GROUP>(r, c, rp, &mut p),
+                    1 => self.tile_rows::<1>(r, t, rp, &mut p),
+                    2 => self.tile_rows::<2>(r, t, rp, &mut p),
+                    3 => self.tile_rows::<3>(r, t, rp, &mut p),
+                    _ => self.tile_rows::<GROUP>(r, t, rp, &mut p),
                 }
-                c += rp;
             }
         }
     }
 
-    /// Weight-row pairs `c..c + rp` into `p` (see [`Packed`]), prefetching the raw rows
+    /// Tile `t`'s `rp` weight-row pairs into `p` (see [`Packed`]), prefetching the raw rows
     /// ahead.
     #[inline(always)]
-    unsafe fn repack(&self, c: usize, rp: usize, p: &mut Packed) {
+    unsafe fn repack(&self, t: usize, rp: usize, p: &mut Packed) {
         let kb = self.acts.kb;
         let table = f16_table();
         let interleave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let c128 = _mm512_set1_epi8(-128);
         let stride = kb * BLOCK;
-        for q in c..c + rp {
-            let j0 = 2 * q;
+        let ahead = PREFETCH_AHEAD.max(2 * rp * stride);
+        let dw = p.dw.as_mut_ptr() as *mut f32;
+        for j in 0..rp {
+            let j0 = 2 * (t * PAIRS + j);
             let second = j0 + 1 < self.cols;
             let r0 = &self.w[j0 * stride..(j0 + 1) * stride];
             let r1 = if second {
@@ -222,7 +216,6 @@ impl Task<'_> {
             } else {
                 r0
             };
-            let ahead = PREFETCH_AHEAD.max(2 * rp * stride);
             for b in 0..kb {
                 let (b0, b1) = (&r0[b * BLOCK..], &r1[b * BLOCK..]);
                 for row in [b0, b1] {
@@ -245,68 +238,71 @@ impl Task<'_> {
                     interleave,
                     _mm512_castsi256_si512(q1),
                 );
-                p.wq[q * kb + b] = _mm512_xor_si512(v, c128);
-                let at = (q * kb + b) * 2 * GROUP;
-                for s in p.dw[at..at + 2 * GROUP].chunks_exact_mut(2) {
-                    s[0] = d0;
-                    s[1] = d1;
-                }
+                p.wq[(t * kb + b) * PAIRS + j] = _mm512_xor_si512(v, c128);
+                let pair = _mm_unpacklo_ps(_mm_set_ss(d0), _mm_set_ss(d1));
+                let at = (t * kb + b) * TILE_SCALES + j * GROUP * 2;
+                _mm256_storeu_ps(
+                    dw.add(at),
+                    _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(pair))),
+                );
             }
         }
     }
 
     /// [`Task::tile`] with `RM` rows for `rp` (one to [`PAIRS`]) pairs.
     #[inline(always)]
-    unsafe fn tile_rows<const RM: usize>(&self, r: usize, c: usize, rp: usize, p: &mut Packed) {
+    unsafe fn tile_rows<const RM: usize>(&self, r: usize, t: usize, rp: usize, p: &mut Packed) {
         match rp {
-            1 => self.tile::<RM, 1>(r, c, p),
-            2 => self.tile::<RM, 2>(r, c, p),
-            3 => self.tile::<RM, 3>(r, c, p),
-            _ => self.tile::<RM, PAIRS>(r, c, p),
+            1 => self.tile::<RM, 1>(r, t, p),
+            2 => self.tile::<RM, 2>(r, t, p),
+            3 => self.tile::<RM, 3>(r, t, p),
+            _ => self.tile::<RM, PAIRS>(r, t, p),
         }
     }
 
-    /// Rows `r..r + RM` (one group) against weight-row pairs `c..c + RP`: the scale products
-    /// into `p.ds` (`[pair][block][row][2]`), then `RM·RP` accumulators over all blocks.
+    /// Rows `r..r + RM` (one group) against tile `t`'s first `RP` pairs: the products of
+    /// scales into `p.ds`, then `RM·RP` accumulators over all blocks.
     #[inline(always)]
-    unsafe fn tile<const RM: usize, const RP: usize>(&self, r: usize, c: usize, p: &mut Packed) {
+    unsafe fn tile<const RM: usize, const RP: usize>(&self, r: usize, t: usize, p: &mut Packed) {
         let kb = self.acts.kb;
-        let span = kb * 2 * GROUP;
-        let dx = &self.acts.dx[r / GROUP * span..(r / GROUP + 1) * span];
-        for (dsj, dwj) in p
-            .ds
-            .chunks_exact_mut(span)
-            .zip(p.dw[c * span..].chunks_exact(span))
-            .take(RP)
-        {
-            for ((s, a), b) in dsj.iter_mut().zip(dx).zip(dwj) {
-                *s = a * b;
+        let g = r / GROUP;
+        // Per block, the group's 8 doubled scales against each pair's: two 512-bit products.
+        let dx = self.acts.dx.as_ptr().add(g * kb * GROUP * 2);
+        let dw = p.dw.as_ptr().add(t * kb * TILE_SCALES / 16);
+        let ds = p.ds.as_mut_ptr();
+        for b in 0..kb {
+            let x = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(
+                dx.add(b * GROUP * 2) as *const f64,
+            )));
+            for h in 0..TILE_SCALES / 16 {
+                *ds.add(b * TILE_SCALES / 16 + h) =
+                    _mm512_mul_ps(x, *dw.add(b * TILE_SCALES / 16 + h));
             }
         }
-        let w = p.wq.as_ptr().add(c * kb);
-        let xs = self.acts.xs.as_ptr().add(r * kb);
-        let start = self.acts.start.as_ptr().add(r * kb);
-        let ds = p.ds.as_ptr();
+        let w = p.wq.as_ptr().add(t * kb * PAIRS);
+        let xq = self.acts.xq.as_ptr().add(g * kb * GROUP * 2);
+        let ds = p.ds.as_ptr() as *const f32;
         let magic = _mm512_set1_ps(f32::from_bits(MAGIC as u32));
         let mut acc = [[_mm512_setzero_ps(); RP]; RM];
         for b in 0..kb {
-            let wv: [__m512i; RP] = std::array::from_fn(|j| *w.add(j * kb + b));
+            let wv: [__m512i; RP] = std::array::from_fn(|j| *w.add(b * PAIRS + j));
             for i in 0..RM {
-                let x = *xs.add(i * kb + b);
-                let s0 = *start.add(i * kb + b);
+                let x = *xq.add((b * GROUP + i) * 2);
+                let s0 = *xq.add((b * GROUP + i) * 2 + 1);
                 for j in 0..RP {
                     let v = _mm512_dpbusd_epi32(s0, wv[j], x);
                     let lanes = _mm512_sub_ps(_mm512_castsi512_ps(v), magic);
-                    let pair = (ds.add(((j * kb + b) * GROUP + i) * 2) as *const f64).read_unaligned();
+                    let at = b * TILE_SCALES + (j * GROUP + i) * 2;
+                    let pair = (ds.add(at) as *const f64).read_unaligned();
                     let d = _mm512_castpd_ps(_mm512_set1_pd(pair));
                     acc[i][j] = _mm512_fmadd_ps(d, lanes, acc[i][j]);
                 }
             }
         }
-        self.store(r, c, &acc);
+        self.store(r, 2 * t * PAIRS, &acc);
     }
 
-    /// `hsum_float_8` of each accumulator's two outputs into rows `r..`, pairs `c..` (the
+    /// `hsum_float_8` of each accumulator's two outputs into rows `r..`, columns `c..` (the
     /// padding output of an odd last row dropped).
     #[inline(always)]
     unsafe fn store<const RM: usize, const RP: usize>(
@@ -319,7 +315,7 @@ impl Task<'_> {
         for (i, row) in acc.iter().enumerate() {
             for (j, &a) in row.iter().enumerate() {
                 let v = _mm512_permutexvar_ps(split, a);
-                let col = 2 * (c + j);
+                let col = c + 2 * j;
                 let o = self.out.add((r + i) * self.n + col);
                 *o = hsum_float_8(_mm512_castps512_ps256(v));
                 if col + 1 < self.cols {
