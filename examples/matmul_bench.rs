@@ -163,7 +163,13 @@ fn quantized(all: bool) -> candle_core::Result<()> {
     use candle_core::quantized::{GgmlDType, QTensor};
     println!("{:>5} {:>6} {:>6} | {:>8}  GFLOP/s", "m", "k", "n", "q8_0");
     let shapes: &[(usize, usize)] = if all {
-        &[(768, 3376), (2048, 768), (768, 1536), (1536, 768), (768, 4096)]
+        &[
+            (768, 3376),
+            (2048, 768),
+            (768, 1536),
+            (1536, 768),
+            (768, 4096),
+        ]
     } else {
         &[(768, 3376), (2048, 768)]
     };

@@ -93,7 +93,10 @@ fn gguf_conversions_of_fixtures_match_transformers() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && stdout.contains("GGUF"), "{name}: {stdout}");
+        assert!(
+            out.status.success() && stdout.contains("GGUF"),
+            "{name}: {stdout}"
+        );
     }
 }
 

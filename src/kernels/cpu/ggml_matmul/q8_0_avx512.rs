@@ -164,7 +164,10 @@ struct Packed {
 /// `f32`s of `dw` or `ds` per block of a tile.
 const TILE_SCALES: usize = PAIRS * GROUP * 2;
 
-const _: () = assert!(GROUP == 4, "`repack` stores a pair's scales for a group as one 8-float vector");
+const _: () = assert!(
+    GROUP == 4,
+    "`repack` stores a pair's scales for a group as one 8-float vector"
+);
 
 impl Task<'_> {
     /// Every row group against every tile of weight-row pairs; the first group repacks each
