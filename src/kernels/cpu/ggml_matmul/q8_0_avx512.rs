@@ -70,7 +70,13 @@ pub(super) unsafe fn matmul(w: &[u8], x: &[f32], m: usize, k: usize, n: usize) -
         return out;
     }
     let acts = quantize(x, m, k);
-    let cols = task_columns(m, k, n);
+    // Wider tasks than the AVX2 kernel's at many rows: each task re-reads every row group's
+    // activations, and its repacked weights stay in L2 either way.
+    let cols = if m >= 64 {
+        (n / (4 * rayon::current_num_threads())).clamp(48, 192) / 48 * 48
+    } else {
+        task_columns(m, k, n)
+    };
     let o = Out(out.as_mut_ptr());
     (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
         let first = t * cols;
