@@ -32,8 +32,19 @@ pub(super) fn paired_offset(r: usize, c: usize, k: usize) -> usize {
     (r / 2) * 2 * k + 2 * c + (r % 2) * 8
 }
 
+/// Columns per pass of a weight tile: its 8 rows × 768 columns (24 KiB) stay in L1 while
+/// the activation rows stream past them.
+const KC: usize = 768;
+/// Activation rows per block: a block (at most 96 × 2048 floats, 768 KiB) stays in L2 while
+/// the panel's four weight tiles pass over it.
+const MB: usize = 16 * RN;
+
+/// One tile's accumulators between column passes.
+type Acc = [[__m512; RP]; RN];
+
 /// One widened panel (`PANEL` rows in [`paired_offset`] order) against the `m` activation rows
-/// of `x` (`k` each, bf16 values); output `(i, j)` for `j < live` goes to `store`.
+/// of `x` (`k` each, bf16 values); output `(i, j)` for `j < live` goes to `store`. Each lane's
+/// FMA chain still runs over `k` in order: between column passes it waits in `Acc` scratch.
 ///
 /// # Safety
 /// [`available`] holds; `rows` holds `PANEL * k` floats, `x` holds `m * k`; `k % 8 == 0`.
@@ -46,15 +57,29 @@ pub(super) unsafe fn panel(
     mut store: impl FnMut(usize, usize, f32),
 ) {
     let mut vals = [[0f32; RW]; RN];
-    for i0 in (0..m).step_by(RN) {
-        let rn = RN.min(m - i0);
+    // SAFETY: all-zero bits are valid __m512 values.
+    let mut accs: [Acc; MB / RN] = unsafe { std::mem::zeroed() };
+    for b0 in (0..m).step_by(MB) {
+        let b1 = m.min(b0 + MB);
         for j0 in (0..live).step_by(RW) {
-            // SAFETY: the caller's contract; `j0 + RW <= PANEL` so the tile's pairs lie in
-            // `rows`, and rows `i0..i0 + rn` lie in `x`.
-            unsafe { tile(rn, rows[j0 * k..].as_ptr(), x[i0 * k..].as_ptr(), k, &mut vals) };
-            for (i, row) in vals.iter().enumerate().take(rn) {
-                for (r, v) in row.iter().enumerate().take(RW.min(live - j0)) {
-                    store(i0 + i, j0 + r, *v);
+            for c0 in (0..k).step_by(KC) {
+                let c1 = k.min(c0 + KC);
+                for (acc, i0) in accs.iter_mut().zip((b0..b1).step_by(RN)) {
+                    let rn = RN.min(b1 - i0);
+                    // SAFETY: the caller's contract; `j0 + RW <= PANEL` so the tile's pairs
+                    // lie in `rows`, rows `i0..i0 + rn` lie in `x`, `c1 <= k`.
+                    unsafe {
+                        let (w, xp) = (rows[j0 * k..].as_ptr(), x[i0 * k..].as_ptr());
+                        tile(rn, w, xp, k, (c0, c1), acc, &mut vals)
+                    };
+                    if c1 < k {
+                        continue;
+                    }
+                    for (i, row) in vals.iter().enumerate().take(rn) {
+                        for (r, v) in row.iter().enumerate().take(RW.min(live - j0)) {
+                            store(i0 + i, j0 + r, *v);
+                        }
+                    }
                 }
             }
         }
@@ -69,16 +94,25 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
 }
 
+/// Columns `cols.0..cols.1` of `N` activation rows against the tile's pairs: the chains
+/// start at zero on column 0 and continue from `acc` after it; at column `k` they are reduced
+/// into `out`, before it saved to `acc`.
 #[inline(always)]
 unsafe fn tile_n<const N: usize>(
     w: *const f32,
     x: *const f32,
     k: usize,
+    cols: (usize, usize),
+    io: &mut Acc,
     out: &mut [[f32; RW]; RN],
 ) {
-    let mut acc = [[_mm512_setzero_ps(); RP]; N];
-    let mut c = 0;
-    while c < k {
+    let mut acc: [[__m512; RP]; N] = if cols.0 == 0 {
+        [[_mm512_setzero_ps(); RP]; N]
+    } else {
+        std::array::from_fn(|i| io[i])
+    };
+    let mut c = cols.0;
+    while c < cols.1 {
         let wv: [__m512; RP] = std::array::from_fn(|p| _mm512_loadu_ps(w.add(p * 2 * k + 2 * c)));
         for (i, a) in acc.iter_mut().enumerate() {
             let xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x.add(i * k + c)));
@@ -87,6 +121,10 @@ unsafe fn tile_n<const N: usize>(
             }
         }
         c += 8;
+    }
+    if cols.1 < k {
+        io[..N].copy_from_slice(&acc);
+        return;
     }
     for i in 0..N {
         for p in 0..RP {
@@ -99,15 +137,23 @@ unsafe fn tile_n<const N: usize>(
 
 /// `rn` activation rows (1..=RN) from `x` against `RP` interleaved weight pairs from `w`.
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-unsafe fn tile(rn: usize, w: *const f32, x: *const f32, k: usize, out: &mut [[f32; RW]; RN]) {
+unsafe fn tile(
+    rn: usize,
+    w: *const f32,
+    x: *const f32,
+    k: usize,
+    cols: (usize, usize),
+    io: &mut Acc,
+    out: &mut [[f32; RW]; RN],
+) {
     match rn {
-        1 => tile_n::<1>(w, x, k, out),
-        2 => tile_n::<2>(w, x, k, out),
-        3 => tile_n::<3>(w, x, k, out),
-        4 => tile_n::<4>(w, x, k, out),
-        5 => tile_n::<5>(w, x, k, out),
-        _ => tile_n::<6>(w, x, k, out),
+        1 => tile_n::<1>(w, x, k, cols, io, out),
+        2 => tile_n::<2>(w, x, k, cols, io, out),
+        3 => tile_n::<3>(w, x, k, cols, io, out),
+        4 => tile_n::<4>(w, x, k, cols, io, out),
+        5 => tile_n::<5>(w, x, k, cols, io, out),
+        _ => tile_n::<RN>(w, x, k, cols, io, out),
     }
 }
 
-const _: () = assert!(PANEL % RW == 0);
+const _: () = assert!(PANEL % RW == 0 && KC % 8 == 0);
