@@ -4,16 +4,16 @@
 //! instructions. For that the task widens its panel with the two rows of each pair
 //! interleaved per 8 columns (one 512-bit load feeds both), and each activation row's 8 values
 //! are broadcast to both halves. A 4 pairs × 6 rows register tile holds 24 accumulators and
-//! does 24 FMAs per 4 + 6 loads.
+//! does 24 FMAs per 4 + 6 loads; cache blocking (see [`KC`], [`MB`]) keeps its weights in L1.
 
 use std::arch::x86_64::*;
 
 use super::packed_bf16::PANEL;
 
-/// Weight row pairs per register tile (they stream from L2).
-pub(super) const RP: usize = 4;
-/// Activation rows per register tile (they stay in L1 while the panel streams).
-pub(super) const RN: usize = 6;
+/// Weight row pairs per register tile (a column pass of them stays in L1).
+const RP: usize = 4;
+/// Activation rows per register tile (they stream from L2).
+const RN: usize = 6;
 /// Weight rows per register tile.
 const RW: usize = 2 * RP;
 
@@ -35,8 +35,8 @@ pub(super) fn paired_offset(r: usize, c: usize, k: usize) -> usize {
 /// Columns per pass of a weight tile: its 8 rows × 768 columns (24 KiB) stay in L1 while
 /// the activation rows stream past them.
 const KC: usize = 768;
-/// Activation rows per block: a block (at most 96 × 2048 floats, 768 KiB) stays in L2 while
-/// the panel's four weight tiles pass over it.
+/// Activation rows per block: a block (96 rows, 768 KiB at k = 2048) stays in L2 while the
+/// panel's four weight tiles pass over it, where all 512 rows of a prefill would not.
 const MB: usize = 16 * RN;
 
 /// One tile's accumulators between column passes.
@@ -156,4 +156,4 @@ unsafe fn tile(
     }
 }
 
-const _: () = assert!(PANEL % RW == 0 && KC % 8 == 0);
+const _: () = assert!(PANEL.is_multiple_of(RW) && KC.is_multiple_of(8));
