@@ -3,8 +3,9 @@
 //! rounded to bf16), plus the machine's memory read bandwidth for scale. Prints GFLOP/s, and
 //! for one row the weight bytes streamed per second (GB/s).
 //!
-//! Run: `cargo run --release --example matmul_bench [-- --quick] [-- --cpu-time] [-- --q8]`.
-//! `--q8` runs only the Q8_0 rows (more shapes).
+//! Run: `cargo run --release --example matmul_bench [-- --quick] [-- --cpu-time] [-- --q8]
+//! [-- --ggml-bf16]`. `--q8` runs only the Q8_0 rows (more shapes); `--ggml-bf16` only
+//! llama.cpp's BF16 order on prefill shapes (the GGUF BF16 path).
 //! `--cpu-time` times by the CPU time of the process's threads divided by the thread count
 //! (what the wall time would be on otherwise idle cores): steadier on a shared machine.
 
@@ -71,6 +72,10 @@ fn main() -> candle_core::Result<()> {
     }
     if std::env::args().any(|a| a == "--q8") {
         return quantized(true);
+    }
+    if std::env::args().any(|a| a == "--ggml-bf16") {
+        ggml_bf16_prefill();
+        return Ok(());
     }
     println!(
         "threads {}, tiles {:?}, read bandwidth {:.1} GB/s",
@@ -155,6 +160,29 @@ fn main() -> candle_core::Result<()> {
     decode_sweep();
     q8_0_decode_sweep()?;
     Ok(())
+}
+
+/// The GGUF BF16 prefill path (`ggml_bf16::matmul_t`: activation rounding plus tinyBLAS order)
+/// on the Granite-4.0-H-350m prefill shapes.
+fn ggml_bf16_prefill() {
+    println!("threads {}", rayon::current_num_threads());
+    println!("{:>5} {:>6} {:>6} | {:>9}  GFLOP/s", "m", "k", "n", "ggml bf16");
+    for &(m, k, n) in &[
+        (512usize, 768usize, 3376usize),
+        (512, 768, 1536),
+        (512, 1536, 768),
+        (512, 2048, 768),
+        (512, 768, 4096),
+        (128, 768, 3376),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 * 0.01).collect();
+        let packed = PackedBf16::from_f32(&w, n, k);
+        let mut y = vec![0f32; m * n];
+        let secs = best_of(7, || ggml_bf16::matmul_t(&x, m, &packed, &mut y));
+        let gflop = 2.0 * (m * n * k) as f64 / 1e9;
+        println!("{m:>5} {k:>6} {n:>6} | {:>9.1}", gflop / secs);
+    }
 }
 
 /// Q8_0 weights through the llama.cpp-exact kernel (activations quantized to Q8_0 per call).

@@ -11,3 +11,5 @@ pub mod ggml_matmul;
 pub mod matmul;
 pub mod packed_bf16;
 pub mod tinyblas_bf16;
+#[cfg(target_arch = "x86_64")]
+mod tinyblas_bf16_avx512;

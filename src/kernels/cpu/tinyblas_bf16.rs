@@ -6,7 +6,8 @@
 //! an f32 scratch in row order; a 2 weight rows × 6 activation rows register tile then does 12
 //! FMAs per 8 vector loads, 6 of them from L1, with no broadcasts or widening in the inner loop.
 //! The activations must already hold bf16 values (ggml rounds them first); `k % 8 == 0`.
-//! The plain twin is [`tiny_dot`] per output (tested bit for bit).
+//! With AVX-512, [`super::tinyblas_bf16_avx512`] runs the same lanes two outputs per zmm.
+//! The plain twin is [`tiny_dot`] per output (tested bit for bit, both bodies).
 
 use rayon::prelude::*;
 
@@ -40,14 +41,46 @@ pub fn supported(k: usize) -> bool {
     }
 }
 
+/// 64 bytes of a widened panel.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
 struct OutPtr(*mut f32);
 // SAFETY: each task writes the columns of its own panel only.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Which vector body runs the GEMM (same bits either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    /// ymm accumulators, panel widened in row order.
+    Avx2,
+    /// Two outputs per zmm, panel widened in row pairs ([`super::tinyblas_bf16_avx512`]).
+    Avx512,
+}
+
+impl Body {
+    /// The widest body this CPU runs (detected once).
+    fn detect() -> Body {
+        static BODY: std::sync::OnceLock<Body> = std::sync::OnceLock::new();
+        *BODY.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if super::tinyblas_bf16_avx512::available() {
+                return Body::Avx512;
+            }
+            Body::Avx2
+        })
+    }
+}
+
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` in tinyBLAS order; `x` holds bf16 values. Callers check
 /// [`supported`] first.
 pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
+    matmul_with(Body::detect(), x, m, w, y);
+}
+
+fn matmul_with(body: Body, x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
     let (n, k) = (w.rows(), w.cols());
     assert!(
         supported(k) && x.len() >= m * k && y.len() >= m * n,
@@ -60,38 +93,74 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
     }
     let out = OutPtr(y.as_mut_ptr());
     let out = &out;
-    (0..w.panels())
-        .into_par_iter()
-        .for_each_init(Vec::new, |rows, p| {
+    (0..w.panels()).into_par_iter().for_each_init(
+        <(Vec<f32>, Vec<Line>)>::default,
+        |(rows, lines), p| {
             let live = PANEL.min(n - p * PANEL);
-            widen_panel(w.panel(p), w.pairs(), k, rows);
-            let mut vals = [[0f32; RM]; RN];
-            // Three activation rows stay in L1 while the widened panel streams from L2.
-            for i0 in (0..m).step_by(RN) {
-                let rn = RN.min(m - i0);
-                for j0 in (0..live).step_by(RM) {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX2 + FMA present (asserted via `supported`); `rows` holds
-                    // PANEL rows of k, `j0 + RM <= PANEL`; `x` holds rows `i0..i0 + rn`.
-                    unsafe {
-                        x86::tile(
-                            rn,
-                            rows[j0 * k..].as_ptr(),
-                            x[i0 * k..].as_ptr(),
-                            k,
-                            &mut vals,
-                        )
+            let store = |i: usize, j: usize, v: f32| {
+                // SAFETY: row i < m, column p * PANEL + j < n (j < live): inside `y`
+                // (asserted) and written by this panel's task only.
+                unsafe { *out.0.add(i * n + p * PANEL + j) = v };
+            };
+            match body {
+                #[cfg(target_arch = "x86_64")]
+                Body::Avx512 => {
+                    // Whole cache lines: a zmm load of a pair never splits. The widening
+                    // writes every value, so no zeroing per panel.
+                    lines.resize(PANEL * k / 16, Line([0.0; 16]));
+                    // SAFETY: `Line` is `repr(C)` over `[f32; 16]`.
+                    let rows = unsafe {
+                        std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut f32, PANEL * k)
                     };
-                    for (i, row) in vals.iter().enumerate().take(rn) {
-                        for (r, v) in row.iter().enumerate().take(RM.min(live - j0)) {
-                            // SAFETY: row i0 + i < m, column p * PANEL + j0 + r < n: inside `y`
-                            // (asserted) and written by this panel's task only.
-                            unsafe { *out.0.add((i0 + i) * n + p * PANEL + j0 + r) = *v };
-                        }
+                    // SAFETY: AVX-512F/DQ, AVX2 and FMA present (`Body::detect`, or a test
+                    // that checked); `rows` holds PANEL * k floats, `x` m * k; k % 8 == 0.
+                    unsafe {
+                        x86::widen_panel::<true>(w.panel(p), k, rows);
+                        super::tinyblas_bf16_avx512::panel(rows, x, m, k, live, store);
                     }
                 }
+                _ => {
+                    widen_panel(w.panel(p), w.pairs(), k, rows);
+                    avx2_panel(rows, x, m, k, live, store);
+                }
             }
-        });
+        },
+    );
+}
+
+/// [`matmul_t`]'s AVX2 body on one panel widened in row order (see the Avx512 twin).
+fn avx2_panel(
+    rows: &[f32],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    live: usize,
+    mut store: impl FnMut(usize, usize, f32),
+) {
+    let mut vals = [[0f32; RM]; RN];
+    // The activation rows stay in L1 while the widened panel streams from L2.
+    for i0 in (0..m).step_by(RN) {
+        let rn = RN.min(m - i0);
+        for j0 in (0..live).step_by(RM) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 + FMA present (asserted via `supported`); `rows` holds
+            // PANEL rows of k, `j0 + RM <= PANEL`; `x` holds rows `i0..i0 + rn`.
+            unsafe {
+                x86::tile(
+                    rn,
+                    rows[j0 * k..].as_ptr(),
+                    x[i0 * k..].as_ptr(),
+                    k,
+                    &mut vals,
+                )
+            };
+            for (i, row) in vals.iter().enumerate().take(rn) {
+                for (r, v) in row.iter().enumerate().take(RM.min(live - j0)) {
+                    store(i0 + i, j0 + r, *v);
+                }
+            }
+        }
+    }
 }
 
 /// The panel's 32 rows as f32, `k` each, row after row (rows past the matrix are zeros).
@@ -99,9 +168,9 @@ fn widen_panel(panel: &[u32], pairs: usize, k: usize, rows: &mut Vec<f32>) {
     rows.clear();
     rows.resize(PANEL * k, 0.0);
     #[cfg(target_arch = "x86_64")]
-    if k.is_multiple_of(8) && supported(k) {
+    if supported(k) {
         // SAFETY: AVX2 present; `panel` holds `pairs * PANEL` words, `rows` PANEL * k floats.
-        unsafe { x86::widen_panel(panel, k, rows) };
+        unsafe { x86::widen_panel::<false>(panel, k, rows) };
         return;
     }
     for q in 0..pairs {
@@ -119,6 +188,7 @@ fn widen_panel(panel: &[u32], pairs: usize, k: usize, rows: &mut Vec<f32>) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::tinyblas_bf16_avx512::paired_offset;
     use super::{RM, RN};
 
     /// `(t0 + t2) + (t1 + t3)` of `t = hi + lo`.
@@ -155,9 +225,14 @@ mod x86 {
 
     /// [`super::widen_panel`] for `k % 8 == 0`: per 8 rows and 4 column pairs, a 4 × 8
     /// transpose of the packed words gives each row its 8 bf16 values in column order,
-    /// zero-extended and shifted into f32.
+    /// zero-extended and shifted into f32. `PAIRED` stores them in the AVX-512 body's order
+    /// ([`paired_offset`]) instead of row after row.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn widen_panel(panel: &[u32], k: usize, rows: &mut [f32]) {
+    pub(super) unsafe fn widen_panel<const PAIRED: bool>(
+        panel: &[u32],
+        k: usize,
+        rows: &mut [f32],
+    ) {
         let (src, dst) = (panel.as_ptr(), rows.as_mut_ptr());
         for c in (0..k).step_by(8) {
             let q = c / 2;
@@ -183,7 +258,12 @@ mod x86 {
                         _mm256_extracti128_si256(u[r - 4], 1)
                     };
                     let f = _mm256_slli_epi32(_mm256_cvtepu16_epi32(words), 16);
-                    _mm256_storeu_ps(dst.add((g + r) * k + c), _mm256_castsi256_ps(f));
+                    let at = if PAIRED {
+                        paired_offset(g + r, c, k)
+                    } else {
+                        (g + r) * k + c
+                    };
+                    _mm256_storeu_ps(dst.add(at), _mm256_castsi256_ps(f));
                 }
             }
         }
@@ -224,31 +304,47 @@ mod tests {
             .collect()
     }
 
+    /// Both bodies this CPU runs equal [`tiny_dot`] bit for bit, over every row-tile
+    /// remainder, partial weight tiles and panels, several `k`, and the AVX-512 body's blocks.
     #[test]
-    fn vector_kernel_is_the_plain_order_bit_for_bit() {
+    fn vector_kernels_are_the_plain_order_bit_for_bit() {
         if !supported(8) {
             return;
+        }
+        let mut bodies = vec![Body::Avx2];
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::cpu::tinyblas_bf16_avx512::available() {
+            bodies.push(Body::Avx512);
         }
         for &(m, k, n) in &[
             (2, 8, 1),
             (3, 768, 40),
             (5, 64, 33),
+            (6, 16, 9),
             (7, 2048, 65),
+            (12, 40, 97),
+            (13, 136, 70),
             (16, 40, 97),
+            (64, 256, 43),
+            // Past one activation block (96 rows) and one column pass (768) of the AVX-512
+            // body, both ragged.
+            (100, 1544, 37),
         ] {
             let x = data(m * k, 1);
             let wv = data(n * k, 2);
             let w = PackedBf16::from_f32(&wv, n, k);
-            let mut y = vec![f32::NAN; m * n];
-            matmul_t(&x, m, &w, &mut y);
-            for i in 0..m {
-                for j in 0..n {
-                    let want = tiny_dot(&x[i * k..(i + 1) * k], &wv[j * k..(j + 1) * k]);
-                    assert_eq!(
-                        y[i * n + j].to_bits(),
-                        want.to_bits(),
-                        "{m}x{k}x{n} ({i}, {j})"
-                    );
+            for &body in &bodies {
+                let mut y = vec![f32::NAN; m * n];
+                matmul_with(body, &x, m, &w, &mut y);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = tiny_dot(&x[i * k..(i + 1) * k], &wv[j * k..(j + 1) * k]);
+                        assert_eq!(
+                            y[i * n + j].to_bits(),
+                            want.to_bits(),
+                            "{body:?} {m}x{k}x{n} ({i}, {j})"
+                        );
+                    }
                 }
             }
         }
