@@ -166,7 +166,10 @@ fn main() -> candle_core::Result<()> {
 /// on the Granite-4.0-H-350m prefill shapes.
 fn ggml_bf16_prefill() {
     println!("threads {}", rayon::current_num_threads());
-    println!("{:>5} {:>6} {:>6} | {:>9}  GFLOP/s", "m", "k", "n", "ggml bf16");
+    println!(
+        "{:>5} {:>6} {:>6} | {:>9}  GFLOP/s",
+        "m", "k", "n", "ggml bf16"
+    );
     for &(m, k, n) in &[
         (512usize, 768usize, 3376usize),
         (512, 768, 1536),
