@@ -262,6 +262,14 @@ pub(crate) mod avx2 {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
 
+    /// [`hsum_movehl`] of a vector: ggml's `hsum_float_8` and tinyBLAS's `hsum`.
+    #[inline(always)]
+    pub unsafe fn hsum_movehl8(v: __m256) -> f32 {
+        let t = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
+    }
+
     /// ggml's AVX2 `ggml_v_expf` on 8 lanes; lanes outside ±126 of the exponent range take
     /// the scalar [`v_expf`], which spells out ggml's slow path op for op.
     #[inline(always)]

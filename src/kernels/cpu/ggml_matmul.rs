@@ -527,12 +527,7 @@ mod tests {
     fn every_type_matches_its_reference() {
         let (n, k, m) = (40, 512, 3);
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x: Vec<f32> = random_activations(m * k);
         for dt in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
@@ -584,12 +579,7 @@ mod tests {
     fn blocked_kernel_is_bitwise_the_plain_dot() {
         let (n, k, m) = (37, 256, 5);
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x: Vec<f32> = random_activations(m * k);
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
         let got = matmul_t(&q, &x, m).unwrap();
         let data = q.data().unwrap();
@@ -619,12 +609,7 @@ mod tests {
             let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
             let data = q.data().unwrap();
             for m in [1, 2, 3, 4, 5, 7, 16, 33] {
-                let mut x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let mut x: Vec<f32> = random_activations(m * k);
                 x[32..64].fill(0.0); // an all-zero block (scale 0)
                 let got = matmul_t(&q, &x, m).unwrap();
                 let mut xq = quantize_rows::<BlockQ8_0>(&x, k);
@@ -644,17 +629,27 @@ mod tests {
         }
     }
 
+    /// `len` N(0, 1) activations.
+    fn random_activations(len: usize) -> Vec<f32> {
+        Tensor::randn(0f32, 1.0, len, &Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// The bytes of a random `[n, k]` Q8_0 matrix (N(0, 1) weights, quantized by candle).
+    fn random_q8_0(n: usize, k: usize) -> Vec<u8> {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        q.data().unwrap().to_vec()
+    }
+
     /// ggml's quantizers never write -128, but a file may hold it: the kernel's `|w|`,
     /// `x·sign(w)` form is exact for it too (like ggml's).
     #[test]
     fn q8_0_kernel_is_exact_for_minus_128() {
         let (n, k) = (9, 64);
-        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let mut data = QTensor::quantize(&w, GgmlDType::Q8_0)
-            .unwrap()
-            .data()
-            .unwrap()
-            .to_vec();
+        let mut data = random_q8_0(n, k);
         for at in [2, 3, 34 + 7, 5 * 68 + 40] {
             data[at] = 0x80;
         }
@@ -691,22 +686,12 @@ mod tests {
         for k in [32, 96, 256] {
             let kb = k / 32;
             for n in [1, 2, 3, 9, 17, 49, 131] {
-                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-                let mut data = QTensor::quantize(&w, GgmlDType::Q8_0)
-                    .unwrap()
-                    .data()
-                    .unwrap()
-                    .to_vec();
+                let mut data = random_q8_0(n, k);
                 for at in [2, 3, 33, 34 * (n * kb - 1) + 20] {
                     data[at] = 0x80;
                 }
                 for m in [5, 6, 7, 8, 16, 33, 128] {
-                    let mut x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap();
+                    let mut x: Vec<f32> = random_activations(m * k);
                     x[k * (m - 1)..k * (m - 1) + 32].fill(0.0);
                     // SAFETY: features checked; shapes match.
                     let got = unsafe { q8_0_avx512::matmul(&data, &x, m, k, n) };

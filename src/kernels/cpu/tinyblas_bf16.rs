@@ -165,7 +165,8 @@ fn avx2_panel(
 
 /// The panel's 32 rows as f32, `k` each, row after row (rows past the matrix are zeros).
 fn widen_panel(panel: &[u32], pairs: usize, k: usize, rows: &mut Vec<f32>) {
-    rows.clear();
+    // Both widenings write every value (the panel's padding rows hold zero words), so a
+    // task's scratch is sized once and never cleared.
     rows.resize(PANEL * k, 0.0);
     #[cfg(target_arch = "x86_64")]
     if supported(k) {
@@ -190,14 +191,7 @@ mod x86 {
 
     use super::super::tinyblas_bf16_avx512::paired_offset;
     use super::{RM, RN};
-
-    /// `(t0 + t2) + (t1 + t3)` of `t = hi + lo`.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let t = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
-    }
+    use crate::kernels::ggml_math::avx2::hsum_movehl8;
 
     #[inline(always)]
     unsafe fn tile_n<const N: usize>(
@@ -218,7 +212,7 @@ mod x86 {
         }
         for i in 0..N {
             for r in 0..RM {
-                out[i][r] = hsum(acc[i][r]);
+                out[i][r] = hsum_movehl8(acc[i][r]);
             }
         }
     }

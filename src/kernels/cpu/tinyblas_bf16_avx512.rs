@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::packed_bf16::PANEL;
+use crate::kernels::ggml_math::avx2::hsum_movehl8;
 
 /// Weight row pairs per register tile (a column pass of them stays in L1).
 const RP: usize = 4;
@@ -86,14 +87,6 @@ pub(super) unsafe fn panel(
     }
 }
 
-/// `(t0 + t2) + (t1 + t3)` of `t = hi + lo`: the AVX2 kernel's reduction, on one half.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let t = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-    let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
-}
-
 /// Columns `cols.0..cols.1` of `N` activation rows against the tile's pairs: the chains
 /// start at zero on column 0 and continue from `acc` after it; at column `k` they are reduced
 /// into `out`, before it saved to `acc`.
@@ -129,8 +122,8 @@ unsafe fn tile_n<const N: usize>(
     for i in 0..N {
         for p in 0..RP {
             let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[i][p])));
-            out[i][2 * p] = hsum(_mm512_castps512_ps256(acc[i][p]));
-            out[i][2 * p + 1] = hsum(hi);
+            out[i][2 * p] = hsum_movehl8(_mm512_castps512_ps256(acc[i][p]));
+            out[i][2 * p + 1] = hsum_movehl8(hi);
         }
     }
 }

@@ -22,9 +22,10 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::f16_table;
+use crate::kernels::ggml_math::avx2::hsum_movehl8;
 
 /// Bytes per Q8_0 block: an f16 scale, then 32 quants.
-const BLOCK: usize = 34;
+pub(super) const BLOCK: usize = 34;
 
 /// Activation rows per prefill tile.
 const GROUP: usize = 4;
@@ -53,21 +54,36 @@ pub(super) fn task_columns(m: usize, k: usize, n: usize) -> usize {
 
 /// The row-major `[m, n]` output, written by disjoint column ranges from parallel tasks.
 #[derive(Clone, Copy)]
-pub(super) struct Out(pub(super) *mut f32);
+struct Out(*mut f32);
 
-// SAFETY: every task writes only its own columns (see `matmul`), so the writes never overlap.
+// SAFETY: every task writes only its own columns (see `for_each_columns`), so the writes never
+// overlap.
 unsafe impl Send for Out {}
 // SAFETY: as above.
 unsafe impl Sync for Out {}
 
 impl Out {
-    /// Where column `first` of row 0 is.
-    ///
-    /// # Safety
-    /// `first` is inside the output.
-    pub(super) unsafe fn column(&self, first: usize) -> *mut f32 {
-        self.0.add(first)
+    /// Where column `first` of row 0 is (a whole-value method, so closures capture all of
+    /// `Out` and not its bare, non-`Sync` pointer).
+    fn column(self, first: usize) -> *mut f32 {
+        self.0.wrapping_add(first)
     }
+}
+
+/// Runs `task(first, cols, out)` in parallel over the output's column ranges of `cols` (the
+/// last one shorter); `out` points at column `first` of row 0 of the row-major `[m, n]`
+/// `output`, and the task must write only columns `first..first + cols` of each row.
+pub(super) fn for_each_columns(
+    output: &mut [f32],
+    n: usize,
+    cols: usize,
+    task: impl Fn(usize, usize, *mut f32) + Sync,
+) {
+    let o = Out(output.as_mut_ptr());
+    (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
+        let first = t * cols;
+        task(first, cols.min(n - first), o.column(first))
+    });
 }
 
 /// `x · Wᵀ` for Q8_0 weights `w` (`n` rows of `k / 32` blocks) and `x: [m, k]`, `k` a
@@ -82,20 +98,16 @@ pub(super) unsafe fn matmul(w: &[u8], x: &[f32], m: usize, k: usize, n: usize) -
         return out;
     }
     let acts = quantize(x, m, k);
-    let cols = task_columns(m, k, n);
-    let o = Out(out.as_mut_ptr());
-    (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
-        let first = t * cols;
+    for_each_columns(&mut out, n, task_columns(m, k, n), |first, cols, out| {
         let task = Task {
             w: &w[first * acts.kb * BLOCK..],
             acts: &acts,
-            cols: cols.min(n - first),
-            // SAFETY: `first < n`, inside the `m * n` output.
-            out: unsafe { o.column(first) },
+            cols,
+            out,
             n,
         };
-        // SAFETY: the caller checked the CPU features; `task.w` holds `task.cols` rows and
-        // the task writes only columns `first..first + task.cols` of the output.
+        // SAFETY: the caller checked the CPU features; `task.w` holds `cols` rows and the
+        // task writes only columns `first..first + cols` of the output.
         unsafe { task.run() }
     });
     out
@@ -438,17 +450,8 @@ impl Task<'_> {
     ) {
         for (i, row) in acc.iter().enumerate() {
             for (j, &a) in row.iter().enumerate() {
-                *self.out.add((r + i) * self.n + c + j) = hsum_float_8(a);
+                *self.out.add((r + i) * self.n + c + j) = hsum_movehl8(a);
             }
         }
     }
-}
-
-/// ggml's `hsum_float_8`: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
-#[inline(always)]
-unsafe fn hsum_float_8(x: __m256) -> f32 {
-    let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    _mm_cvtss_f32(r)
 }

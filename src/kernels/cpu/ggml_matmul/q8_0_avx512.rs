@@ -29,10 +29,8 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::f16_table;
-use super::q8_0_avx2::{quantize_block, task_columns, Out};
-
-/// Bytes per Q8_0 block: an f16 scale, then 32 quants.
-const BLOCK: usize = 34;
+use super::q8_0_avx2::{for_each_columns, quantize_block, task_columns, BLOCK};
+use crate::kernels::ggml_math::avx2::hsum_movehl8;
 
 /// Activation rows per tile (and per group of the scale layout).
 const GROUP: usize = 4;
@@ -77,19 +75,16 @@ pub(super) unsafe fn matmul(w: &[u8], x: &[f32], m: usize, k: usize, n: usize) -
     } else {
         task_columns(m, k, n)
     };
-    let o = Out(out.as_mut_ptr());
-    (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
-        let first = t * cols;
+    for_each_columns(&mut out, n, cols, |first, cols, out| {
         let task = Task {
             w: &w[first * acts.kb * BLOCK..],
             acts: &acts,
-            cols: cols.min(n - first),
-            // SAFETY: `first < n`, inside the `m * n` output.
-            out: unsafe { o.column(first) },
+            cols,
+            out,
             n,
         };
-        // SAFETY: the caller checked the CPU features; `task.w` holds `task.cols` rows and
-        // the task writes only columns `first..first + task.cols` of the output.
+        // SAFETY: the caller checked the CPU features; `task.w` holds `cols` rows and the
+        // task writes only columns `first..first + cols` of the output.
         unsafe { task.run() }
     });
     out
@@ -326,22 +321,13 @@ impl Task<'_> {
                 let v = _mm512_permutexvar_ps(split, a);
                 let col = c + 2 * j;
                 let o = self.out.add((r + i) * self.n + col);
-                *o = hsum_float_8(_mm512_castps512_ps256(v));
+                *o = hsum_movehl8(_mm512_castps512_ps256(v));
                 if col + 1 < self.cols {
-                    *o.add(1) = hsum_float_8(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                    *o.add(1) = hsum_movehl8(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
                         _mm512_castps_pd(v),
                     )));
                 }
             }
         }
     }
-}
-
-/// ggml's `hsum_float_8`: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
-#[inline(always)]
-unsafe fn hsum_float_8(x: __m256) -> f32 {
-    let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    _mm_cvtss_f32(r)
 }
