@@ -4,8 +4,9 @@
 //! for one row the weight bytes streamed per second (GB/s).
 //!
 //! Run: `cargo run --release --example matmul_bench [-- --quick] [-- --cpu-time] [-- --q8]
-//! [-- --ggml-bf16]`. `--q8` runs only the Q8_0 rows (more shapes); `--ggml-bf16` only
-//! llama.cpp's BF16 order on prefill shapes (the GGUF BF16 path).
+//! [-- --ggml-bf16] [-- --ggml-bf16-batch]`. `--q8` runs only the Q8_0 rows (more shapes);
+//! `--ggml-bf16` only llama.cpp's BF16 order on prefill shapes (the GGUF BF16 path);
+//! `--ggml-bf16-batch` that path on a whole decode step of 4 to 64 sequences.
 //! `--cpu-time` times by the CPU time of the process's threads divided by the thread count
 //! (what the wall time would be on otherwise idle cores): steadier on a shared machine.
 
@@ -72,6 +73,10 @@ fn main() -> candle_core::Result<()> {
     }
     if std::env::args().any(|a| a == "--q8") {
         return quantized(true);
+    }
+    if std::env::args().any(|a| a == "--ggml-bf16-batch") {
+        ggml_bf16_batch_sweep();
+        return Ok(());
     }
     if std::env::args().any(|a| a == "--ggml-bf16") {
         ggml_bf16_prefill();
@@ -265,6 +270,34 @@ fn q8_0_decode_sweep() -> candle_core::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One decode step of 4 to 64 sequences through the GGUF BF16 path (llama.cpp's order):
+/// every matrix of granite-4.0-h-350m (680 MB, streamed from memory) against `m` rows.
+fn ggml_bf16_batch_sweep() {
+    let shapes = decode_shapes();
+    let mats: Vec<PackedBf16> = shapes
+        .iter()
+        .map(|&(k, n)| {
+            let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 * 0.01).collect();
+            PackedBf16::from_f32(&w, n, k)
+        })
+        .collect();
+    let flop: usize = shapes.iter().map(|&(k, n)| 2 * k * n).sum();
+    let mut y = vec![0f32; 64 * 100352];
+    for m in [4usize, 8, 16, 24, 32, 64] {
+        let x: Vec<f32> = (0..m * 2048).map(|i| (i % 13) as f32 * 0.01).collect();
+        let secs = best_of(5, || {
+            for (w, &(k, n)) in mats.iter().zip(&shapes) {
+                ggml_bf16::matmul_t(&x[..m * k], m, w, &mut y[..m * n]);
+            }
+        });
+        println!(
+            "GGUF BF16 batch sweep, {m} rows: {:.1} ms/step, {:.1} GFLOP/s",
+            secs * 1e3,
+            (m * flop) as f64 / secs / 1e9
+        );
+    }
 }
 
 /// One decode token's matmuls of granite-4.0-h-350m (28 Mamba + 4 attention layers, shared

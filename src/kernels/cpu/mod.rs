@@ -13,3 +13,5 @@ pub mod packed_bf16;
 pub mod tinyblas_bf16;
 #[cfg(target_arch = "x86_64")]
 mod tinyblas_bf16_avx512;
+#[cfg(target_arch = "x86_64")]
+mod tinyblas_bf16_lanes;

@@ -6,8 +6,10 @@
 //! an f32 scratch in row order; a 2 weight rows × 6 activation rows register tile then does 12
 //! FMAs per 8 vector loads, 6 of them from L1, with no broadcasts or widening in the inner loop.
 //! The activations must already hold bf16 values (ggml rounds them first); `k % 8 == 0`.
-//! With AVX-512, [`super::tinyblas_bf16_avx512`] runs the same lanes two outputs per zmm.
-//! The plain twin is [`tiny_dot`] per output (tested bit for bit, both bodies).
+//! With AVX-512, [`super::tinyblas_bf16_avx512`] runs the same lanes two outputs per zmm, and
+//! for up to [`LANES_MAX_ROWS`] activation rows (batched decode) [`super::tinyblas_bf16_lanes`]
+//! skips the widening: weight rows in the vector lanes, straight from the packed panel.
+//! The plain twin is [`tiny_dot`] per output (tested bit for bit, every body).
 
 use rayon::prelude::*;
 
@@ -46,6 +48,16 @@ pub fn supported(k: usize) -> bool {
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
+/// A task's scratch: the widened panel (row order, or pairs in cache lines) and the
+/// accumulators of the lanes body.
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<f32>,
+    lines: Vec<Line>,
+    #[cfg(target_arch = "x86_64")]
+    res: Vec<std::arch::x86_64::__m512>,
+}
+
 struct OutPtr(*mut f32);
 // SAFETY: each task writes the columns of its own panel only.
 unsafe impl Send for OutPtr {}
@@ -58,10 +70,27 @@ enum Body {
     Avx2,
     /// Two outputs per zmm, panel widened in row pairs ([`super::tinyblas_bf16_avx512`]).
     Avx512,
+    /// Weight rows in zmm lanes, straight from the packed panel, for few activation rows
+    /// ([`super::tinyblas_bf16_lanes`]).
+    Lanes,
 }
 
+/// Up to this many activation rows, [`Body::Lanes`] beats widening the panel (measured with
+/// `matmul_bench --ggml-bf16-batch`).
+const LANES_MAX_ROWS: usize = 64;
+
 impl Body {
-    /// The widest body this CPU runs (detected once).
+    /// The fastest body this CPU runs for `m` activation rows.
+    fn for_rows(m: usize) -> Body {
+        #[cfg(target_arch = "x86_64")]
+        if m <= LANES_MAX_ROWS && super::tinyblas_bf16_lanes::available() {
+            return Body::Lanes;
+        }
+        let _ = m;
+        Body::detect()
+    }
+
+    /// The widest GEMM body this CPU runs (detected once).
     fn detect() -> Body {
         static BODY: std::sync::OnceLock<Body> = std::sync::OnceLock::new();
         *BODY.get_or_init(|| {
@@ -77,7 +106,7 @@ impl Body {
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` in tinyBLAS order; `x` holds bf16 values. Callers check
 /// [`supported`] first.
 pub fn matmul_t(x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
-    matmul_with(Body::detect(), x, m, w, y);
+    matmul_with(Body::for_rows(m), x, m, w, y);
 }
 
 fn matmul_with(body: Body, x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
@@ -93,9 +122,10 @@ fn matmul_with(body: Body, x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
     }
     let out = OutPtr(y.as_mut_ptr());
     let out = &out;
-    (0..w.panels()).into_par_iter().for_each_init(
-        <(Vec<f32>, Vec<Line>)>::default,
-        |(rows, lines), p| {
+    (0..w.panels())
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, p| {
+            let Scratch { rows, lines, .. } = scratch;
             let live = PANEL.min(n - p * PANEL);
             let store = |i: usize, j: usize, v: f32| {
                 // SAFETY: row i < m, column p * PANEL + j < n (j < live): inside `y`
@@ -103,6 +133,23 @@ fn matmul_with(body: Body, x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
                 unsafe { *out.0.add(i * n + p * PANEL + j) = v };
             };
             match body {
+                #[cfg(target_arch = "x86_64")]
+                Body::Lanes => {
+                    // SAFETY: AVX-512F present (`Body::for_rows`, or a test that checked); the
+                    // panel holds `pairs * PANEL` words, `x` m * k floats; the task writes
+                    // columns `p * PANEL..p * PANEL + live` of each row of `y` only.
+                    unsafe {
+                        super::tinyblas_bf16_lanes::panel(
+                            w.panel(p),
+                            x,
+                            m,
+                            live,
+                            out.0.add(p * PANEL),
+                            n,
+                            &mut scratch.res,
+                        )
+                    }
+                }
                 #[cfg(target_arch = "x86_64")]
                 Body::Avx512 => {
                     // Whole cache lines: a zmm load of a pair never splits. The widening
@@ -124,8 +171,7 @@ fn matmul_with(body: Body, x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
                     avx2_panel(rows, x, m, k, live, store);
                 }
             }
-        },
-    );
+        });
 }
 
 /// [`matmul_t`]'s AVX2 body on one panel widened in row order (see the Avx512 twin).
@@ -310,6 +356,10 @@ mod tests {
         if crate::kernels::cpu::tinyblas_bf16_avx512::available() {
             bodies.push(Body::Avx512);
         }
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::cpu::tinyblas_bf16_lanes::available() {
+            bodies.push(Body::Lanes);
+        }
         for &(m, k, n) in &[
             (2, 8, 1),
             (3, 768, 40),
@@ -319,6 +369,8 @@ mod tests {
             (12, 40, 97),
             (13, 136, 70),
             (16, 40, 97),
+            // The lanes body: a ragged last chunk (260 pairs) and a second row group of 9.
+            (16, 520, 57),
             (64, 256, 43),
             // Past one activation block (96 rows) and one column pass (768) of the AVX-512
             // body, both ragged.
