@@ -49,13 +49,15 @@ pub fn supported(k: usize) -> bool {
 struct Line([f32; 16]);
 
 /// A task's scratch: the widened panel (row order, or pairs in cache lines) and the
-/// accumulators of the lanes body.
+/// accumulators of the lanes and AVX-512 bodies.
 #[derive(Default)]
 struct Scratch {
     rows: Vec<f32>,
     lines: Vec<Line>,
     #[cfg(target_arch = "x86_64")]
     res: Vec<std::arch::x86_64::__m512>,
+    #[cfg(target_arch = "x86_64")]
+    accs: Vec<super::tinyblas_bf16_avx512::Acc>,
 }
 
 struct OutPtr(*mut f32);
@@ -163,7 +165,7 @@ fn matmul_with(body: Body, x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
                     // that checked); `rows` holds PANEL * k floats, `x` m * k; k % 8 == 0.
                     unsafe {
                         x86::widen_panel::<true>(w.panel(p), k, rows);
-                        super::tinyblas_bf16_avx512::panel(rows, x, m, k, live, store);
+                        super::tinyblas_bf16_avx512::panel(rows, x, m, k, live, &mut scratch.accs, store);
                     }
                 }
                 _ => {
