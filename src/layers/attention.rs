@@ -7,10 +7,10 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::from_vec;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::Rope;
-use super::{from_vec, to_vec};
 use crate::cache::KvCache;
 use crate::engine::batch::Batch;
 use crate::error::{Error, Result};
@@ -170,9 +170,9 @@ impl Attention {
         let tokens = x.dim(0)?;
         let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim);
         let (qd, kd) = (nh * hd, self.cfg.n_kv_heads * hd);
-        let mut q = to_vec(&self.q_proj.forward(x)?)?;
-        let mut k = to_vec(&self.k_proj.forward(x)?)?;
-        let v = to_vec(&self.v_proj.forward(x)?)?;
+        let mut q = self.q_proj.forward_vec(x)?;
+        let mut k = self.k_proj.forward_vec(x)?;
+        let v = self.v_proj.forward_vec(x)?;
         if let Some((q_norm, k_norm)) = &self.qk_norm {
             q_norm.forward_chunks(&mut q);
             k_norm.forward_chunks(&mut k);
@@ -292,6 +292,7 @@ pub fn softmax_in_place(v: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::engine::batch::LogitsRows;
+    use crate::layers::to_vec;
     use safetensors::tensor::{Dtype, TensorView};
 
     const H: usize = 8;

@@ -98,6 +98,14 @@ impl Linear {
         })
     }
 
+    /// [`Self::forward`] as a flat row-major vector (no copy out of a tensor without bias).
+    pub fn forward_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
+        match &self.bias {
+            None => self.weight.matmul_t_vec(x),
+            Some(_) => super::to_vec(&self.forward(x)?),
+        }
+    }
+
     /// The `[out, in]` weight as f32 (dequantized when stored quantized).
     pub fn weight(&self) -> Result<Tensor> {
         self.weight.to_dense()

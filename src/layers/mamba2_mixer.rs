@@ -177,7 +177,7 @@ impl Mamba2Mixer {
         let layout = RowLayout::in_proj(di, cfg.n_groups * cfg.d_state, nh);
         // The projection rows are the kernels' working buffer: conv and dt are activated in
         // place and the scan reads x, B, C, dt and the gate z from them.
-        let mut rows = to_vec(&self.in_proj.forward(x)?)?;
+        let mut rows = self.in_proj.forward_vec(x)?;
         let slots: Vec<usize> = batch.seqs.iter().map(|s| s.state_slot).collect();
         let mut states = cache.slots_mut(&slots)?;
         for (s, (conv, ssm)) in batch.seqs.iter().zip(states.iter_mut()) {

@@ -151,7 +151,7 @@ impl GatedMlp {
 
     /// `[tokens, hidden] -> [tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gu = to_vec(&self.gate_up.forward(x)?)?;
+        let gu = self.gate_up.forward_vec(x)?;
         let act = if self.ggml {
             ggml_gated(&gu, self.intermediate, self.act)
         } else {

@@ -72,7 +72,7 @@ impl Moe {
             num_experts,
             top_k,
         } = self.cfg;
-        let logits = to_vec(&self.router.forward(x)?)?;
+        let logits = self.router.forward_vec(x)?;
         let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); num_experts];
         for (t, row) in logits.chunks(num_experts).enumerate() {
             for (e, w) in top_k_softmax(row, top_k) {

@@ -115,6 +115,26 @@ impl Matrix {
                 }
                 Ok(x.matmul(&weight.t()?)?)
             }
+            Matrix::Quantized(q) if !ggml_matmul::supports(q.dtype()) => {
+                let mm = QMatMul::QTensor(q.clone());
+                Ok(mm.forward(&x.contiguous()?)?)
+            }
+            _ => {
+                let m = x.dims2()?.0;
+                let n = self.dims().first().copied().unwrap_or(0);
+                Ok(Tensor::from_vec(
+                    self.matmul_t_vec(x)?,
+                    (m, n),
+                    &Device::Cpu,
+                )?)
+            }
+        }
+    }
+
+    /// [`Self::matmul_t`] as a flat row-major vector: the bf16 and ggml kernels write it
+    /// directly, without the copy out of a tensor (a prefill's projections are MiBs each).
+    pub fn matmul_t_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
+        match self {
             Matrix::Bf16 { weight, rounding } => {
                 let (m, k) = x.dims2()?;
                 if k != weight.cols() {
@@ -124,24 +144,19 @@ impl Matrix {
                         got: vec![m, k],
                     });
                 }
-                let n = weight.rows();
-                let mut y = vec![0f32; m * n];
+                let mut y = vec![0f32; m * weight.rows()];
                 with_values(x, |xs| match rounding {
                     Bf16Rounding::Ggml => ggml_bf16::matmul_t(xs, m, weight, &mut y),
                     _ => bf16_matmul::matmul_t(xs, m, weight, rounding.activations(m), &mut y),
                 })?;
-                Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
+                Ok(y)
             }
             Matrix::Quantized(q) if ggml_matmul::supports(q.dtype()) => {
-                let (m, _) = x.dims2()?;
-                let n = q.shape().dims2()?.0;
-                let y = ggml_matmul::matmul_t(q, &x.flatten_all()?.to_vec1::<f32>()?, m)?;
-                Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
+                let m = x.dims2()?.0;
+                with_values(x, |xs| ggml_matmul::matmul_t(q, xs, m))?
             }
-            Matrix::Quantized(q) => {
-                let mm = QMatMul::QTensor(q.clone());
-                Ok(mm.forward(&x.contiguous()?)?)
-            }
+            // The kinds `matmul_t` computes as a tensor itself (no recursion back here).
+            _ => Ok(self.matmul_t(x)?.flatten_all()?.to_vec1::<f32>()?),
         }
     }
 

@@ -165,7 +165,15 @@ fn matmul_with(body: Body, x: &[f32], m: usize, w: &PackedBf16, y: &mut [f32]) {
                     // that checked); `rows` holds PANEL * k floats, `x` m * k; k % 8 == 0.
                     unsafe {
                         x86::widen_panel::<true>(w.panel(p), k, rows);
-                        super::tinyblas_bf16_avx512::panel(rows, x, m, k, live, &mut scratch.accs, store);
+                        super::tinyblas_bf16_avx512::panel(
+                            rows,
+                            x,
+                            m,
+                            k,
+                            live,
+                            &mut scratch.accs,
+                            store,
+                        );
                     }
                 }
                 _ => {
