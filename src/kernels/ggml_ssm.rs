@@ -83,19 +83,13 @@ pub fn scan_head_token(
     let n = b.len();
     let da = (dt * a).exp();
     #[cfg(target_arch = "x86_64")]
-    let fast = n.is_multiple_of(32)
-        && std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma");
+    let body = x86::Body::detect(n);
     for ((srow, &xv), yv) in state.chunks_exact_mut(n).zip(x).zip(y.iter_mut()) {
         let x_dt = xv * dt;
         #[cfg(target_arch = "x86_64")]
-        let sum = if fast {
-            // SAFETY: AVX2 and FMA are present; `srow`, `b`, `c` hold `n` values, a
-            // multiple of 32.
-            unsafe { x86::scan_row(srow, b, c, da, x_dt) }
-        } else {
-            scan_row(srow, b, c, da, x_dt)
-        };
+        // SAFETY: `detect` checked the CPU features and that `n` is a multiple of 32;
+        // `srow`, `b`, `c` hold `n` values.
+        let sum = unsafe { body.scan_row(srow, b, c, da, x_dt) };
         #[cfg(not(target_arch = "x86_64"))]
         let sum = scan_row(srow, b, c, da, x_dt);
         *yv = sum + xv * d;
@@ -129,6 +123,85 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::hsum_hadd;
+
+    /// Which [`super::scan_row`] runs (the same bits each way).
+    #[derive(Clone, Copy)]
+    pub(super) enum Body {
+        Plain,
+        Avx2,
+        /// ggml's four 8-lane accumulators as two zmm: (0 | 1) and (2 | 3).
+        Avx512,
+    }
+
+    impl Body {
+        /// The widest body for rows of `n` (vector bodies need `n % 32 == 0`).
+        pub(super) fn detect(n: usize) -> Body {
+            static WIDEST: std::sync::OnceLock<Body> = std::sync::OnceLock::new();
+            let widest = *WIDEST.get_or_init(|| {
+                if is_x86_feature_detected!("avx512f") {
+                    Body::Avx512
+                } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    Body::Avx2
+                } else {
+                    Body::Plain
+                }
+            });
+            if n.is_multiple_of(32) {
+                widest
+            } else {
+                Body::Plain
+            }
+        }
+
+        /// One state row with this body.
+        ///
+        /// # Safety
+        /// The body came from [`Body::detect`] for `s.len()`; `b` and `c` are as long as `s`.
+        #[inline]
+        pub(super) unsafe fn scan_row(
+            self,
+            s: &mut [f32],
+            b: &[f32],
+            c: &[f32],
+            da: f32,
+            x_dt: f32,
+        ) -> f32 {
+            match self {
+                Body::Plain => super::scan_row(s, b, c, da, x_dt),
+                // SAFETY: the caller's contract.
+                Body::Avx2 => unsafe { scan_row(s, b, c, da, x_dt) },
+                // SAFETY: the caller's contract.
+                Body::Avx512 => unsafe { scan_row_avx512(s, b, c, da, x_dt) },
+            }
+        }
+    }
+
+    /// [`scan_row`] with zmm registers: accumulators 0 and 1 share one, 2 and 3 the other, so
+    /// `(c0 + c2) + (c1 + c3)` is one add and a fold of the halves, lane by lane as in ymm.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scan_row_avx512(s: &mut [f32], b: &[f32], c: &[f32], da: f32, x_dt: f32) -> f32 {
+        let (sp, bp, cp) = (s.as_mut_ptr(), b.as_ptr(), c.as_ptr());
+        let (vda, vxdt) = (_mm512_set1_ps(da), _mm512_set1_ps(x_dt));
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for i in (0..s.len()).step_by(32) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = i + 16 * j;
+                let v = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(sp.add(at)),
+                    vda,
+                    _mm512_mul_ps(_mm512_loadu_ps(bp.add(at)), vxdt),
+                );
+                _mm512_storeu_ps(sp.add(at), v);
+                *a = _mm512_fmadd_ps(v, _mm512_loadu_ps(cp.add(at)), *a);
+            }
+        }
+        let pairs = _mm512_add_ps(acc[0], acc[1]);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(pairs)));
+        let folded = _mm256_add_ps(_mm512_castps512_ps256(pairs), hi);
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), folded);
+        hsum_hadd(&lanes)
+    }
 
     /// [`super::scan_row`] with AVX2 + FMA; `s.len()` is a multiple of 32.
     #[target_feature(enable = "avx2,fma")]
@@ -266,6 +339,31 @@ mod tests {
             }
             for (g, e) in st.iter().zip(&st_ref) {
                 assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0));
+            }
+        }
+    }
+
+    /// Every vector body this CPU runs equals the plain row bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn each_vector_scan_row_is_the_plain_row() {
+        let mut bodies = vec![];
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            bodies.push(x86::Body::Avx2);
+        }
+        if is_x86_feature_detected!("avx512f") {
+            bodies.push(x86::Body::Avx512);
+        }
+        for n in [32, 64, 128, 160] {
+            let (b, c) = (noise(n, 1), noise(n, 2));
+            let mut want = noise(n, 3);
+            let mut got = vec![want.clone(); bodies.len()];
+            let sum = scan_row(&mut want, &b, &c, 0.9, 0.4);
+            for (body, s) in bodies.iter().zip(&mut got) {
+                // SAFETY: the features were checked above; `n % 32 == 0`.
+                let v = unsafe { body.scan_row(s, &b, &c, 0.9, 0.4) };
+                assert_eq!(v.to_bits(), sum.to_bits(), "n {n}");
+                assert_eq!(*s, want);
             }
         }
     }
