@@ -26,9 +26,9 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
-/// One panel (`pairs` column pairs × [`PANEL`] rows as packed, `k = 2 * pairs`, `k % 8 == 0`) against
-/// the `m` activation rows of `x` (bf16 values): output `(i, r)` for `r < live` goes to
-/// `out[i * n + r]`. `res` is the task's scratch for the chains between chunks.
+/// One panel (`pairs` column pairs × [`PANEL`] rows as packed, `k = 2 * pairs`,
+/// `k % 8 == 0`) against the `m` activation rows of `x` (bf16 values): output `(i, r)` for
+/// `r < live` goes to `out[i * n + r]`. `res` is the task's scratch for the chains between chunks.
 ///
 /// # Safety
 /// [`available`] holds; `panel` holds `pairs * PANEL` words, `x` `m * 2 * pairs` floats;
@@ -57,12 +57,12 @@ pub(super) unsafe fn panel(
                     let xp = x.as_ptr().add(i0 * k);
                     let fetch = i0 == 0;
                     match rn {
-                        1 => pass::<1>(panel, xp, k, (c0, c1), pr, c0 == 0, fetch, acc),
-                        2 => pass::<2>(panel, xp, k, (c0, c1), pr, c0 == 0, fetch, acc),
-                        3 => pass::<3>(panel, xp, k, (c0, c1), pr, c0 == 0, fetch, acc),
-                        4 => pass::<4>(panel, xp, k, (c0, c1), pr, c0 == 0, fetch, acc),
-                        5 => pass::<5>(panel, xp, k, (c0, c1), pr, c0 == 0, fetch, acc),
-                        _ => pass::<RN>(panel, xp, k, (c0, c1), pr, c0 == 0, fetch, acc),
+                        1 => pass::<1>(panel, xp, k, (c0, c1), pr, fetch, acc),
+                        2 => pass::<2>(panel, xp, k, (c0, c1), pr, fetch, acc),
+                        3 => pass::<3>(panel, xp, k, (c0, c1), pr, fetch, acc),
+                        4 => pass::<4>(panel, xp, k, (c0, c1), pr, fetch, acc),
+                        5 => pass::<5>(panel, xp, k, (c0, c1), pr, fetch, acc),
+                        _ => pass::<RN>(panel, xp, k, (c0, c1), pr, fetch, acc),
                     }
                 }
             }
@@ -93,18 +93,16 @@ pub(super) unsafe fn panel(
 }
 
 /// Pairs `q` in `cols` with `q % 4 == pr` (columns of residues `2 pr` and `2 pr + 1`) for `N`
-/// activation rows: the chains start at zero when `start`, else continue from `acc`
+/// activation rows: the chains start at zero on column 0, else continue from `acc`
 /// (`acc[i * PER_ROW + g * 8 + residue]`). With `fetch`, the same pairs of the next chunk
 /// are prefetched (the four passes of the first activation rows cover it).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn pass<const N: usize>(
     panel: &[u32],
     x: *const f32,
     k: usize,
     cols: (usize, usize),
     pr: usize,
-    start: bool,
     fetch: bool,
     acc: &mut [__m512],
 ) {
@@ -112,7 +110,7 @@ unsafe fn pass<const N: usize>(
     // Plain loops, not `array::from_fn`: its closure is not compiled with AVX-512 and ends
     // up as a call per pass.
     let mut a = [[_mm512_setzero_ps(); 4]; N];
-    if !start {
+    if cols.0 > 0 {
         for (i, ai) in a.iter_mut().enumerate() {
             let r = &acc[i * PER_ROW..];
             *ai = [r[e], r[o], r[8 + e], r[8 + o]];
