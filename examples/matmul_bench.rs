@@ -168,7 +168,7 @@ fn main() -> candle_core::Result<()> {
 }
 
 /// The GGUF BF16 prefill path (`ggml_bf16::matmul_t`: activation rounding plus tinyBLAS order)
-/// on the Granite-4.0-H-350m prefill shapes, and two 16-row shapes small enough to stay in L2
+/// on the Granite-4.0-H-350m prefill shapes (512 and 2048 tokens), and two 16-row shapes small enough to stay in L2
 /// (the batched-decode kernel without memory stalls).
 fn ggml_bf16_prefill() {
     println!("threads {}", rayon::current_num_threads());
@@ -183,6 +183,8 @@ fn ggml_bf16_prefill() {
         (512, 2048, 768),
         (512, 768, 4096),
         (128, 768, 3376),
+        (2048, 768, 3376),
+        (2048, 2048, 768),
         (16, 768, 1024),
         (16, 2048, 384),
     ] {

@@ -98,11 +98,10 @@ mod avx2 {
     use super::{finish_score, Head, Scratch, ValueOrder, TINY_SLOTS, VEC_DOT_SLOTS};
     use crate::kernels::ggml_math::avx2::softmax_in_place;
 
-    /// `ggml_vec_dot_f32` of two rows on AVX2: four accumulators over steps of 32, folded
-    /// `(a0 + a2) + (a1 + a3)`, reduced by two `hadd`s; leftovers added one by one.
+    /// The vector part of `ggml_vec_dot_f32` on AVX2: four accumulators over the whole steps
+    /// of 32, folded `(a0 + a2) + (a1 + a3)`; [`hsum_hadd`] and the leftovers finish it.
     #[inline(always)]
-    unsafe fn dot(x: *const f32, y: *const f32, n: usize) -> f32 {
-        let whole = n / 32 * 32;
+    unsafe fn dot_lanes(x: *const f32, y: *const f32, whole: usize) -> __m256 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i < whole {
@@ -112,28 +111,120 @@ mod avx2 {
             }
             i += 32;
         }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+        _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]))
+    }
+
+    /// ggml's horizontal sum of the dot's vector: high half plus low half, then two `hadd`s.
+    #[inline(always)]
+    unsafe fn hsum_hadd(s: __m256) -> f32 {
         let t = _mm_add_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(s));
         let t = _mm_hadd_ps(t, t);
-        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+        _mm_cvtss_f32(_mm_hadd_ps(t, t))
+    }
+
+    /// The leftovers of a dot past its whole steps, added one by one.
+    #[inline(always)]
+    unsafe fn leftovers(mut sum: f32, x: *const f32, y: *const f32, whole: usize, n: usize) -> f32 {
         for j in whole..n {
             sum += *x.add(j) * *y.add(j);
         }
         sum
     }
 
+    /// Lane of key `i` of eight in [`hsum_hadd8`]'s result.
+    const HADD8_LANE: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+    /// [`hsum_hadd`] of eight vectors at once, each sum paired exactly as there: per two
+    /// keys one add of high and low halves, then two rounds of `hadd` across keys. Key `i`'s
+    /// sum lands in lane [`HADD8_LANE`]`[i]`.
+    #[inline(always)]
+    unsafe fn hsum_hadd8(s: &[__m256; 8]) -> __m256 {
+        let (ab, cd) = (halves(s[0], s[1]), halves(s[2], s[3]));
+        let (ef, gh) = (halves(s[4], s[5]), halves(s[6], s[7]));
+        _mm256_hadd_ps(_mm256_hadd_ps(ab, cd), _mm256_hadd_ps(ef, gh))
+    }
+
+    /// `[a.hi + a.lo | b.hi + b.lo]`: the first add of [`hsum_hadd`] for two keys.
+    #[inline(always)]
+    unsafe fn halves(a: __m256, b: __m256) -> __m256 {
+        let lo = _mm256_permute2f128_ps::<0x20>(a, b);
+        let hi = _mm256_permute2f128_ps::<0x31>(a, b);
+        _mm256_add_ps(hi, lo)
+    }
+
+    /// The scaled scores of the head's keys, eight keys per horizontal-sum network.
+    #[inline(always)]
+    unsafe fn score_keys(h: &Head, hd: usize, scores: &mut Vec<f32>) {
+        let (q, keys) = (h.q.as_ptr(), h.keys.as_ptr());
+        let whole = hd / 32 * 32;
+        scores.clear();
+        let mut groups = h.rows.chunks_exact(8);
+        for group in &mut groups {
+            let mut s = [_mm256_setzero_ps(); 8];
+            for (v, &r) in s.iter_mut().zip(group) {
+                // In bounds: every row offset addresses a whole cache row (the caller's
+                // invariant, checked by the slices of `attend_plain` in the tests).
+                *v = dot_lanes(q, keys.add(r + h.kv_offset), whole);
+            }
+            let mut sums = [0f32; 8];
+            _mm256_storeu_ps(sums.as_mut_ptr(), hsum_hadd8(&s));
+            for (&lane, &r) in HADD8_LANE.iter().zip(group) {
+                let k = keys.add(r + h.kv_offset);
+                scores.push(finish_score(leftovers(sums[lane], q, k, whole, hd), h));
+            }
+        }
+        for &r in groups.remainder() {
+            let k = keys.add(r + h.kv_offset);
+            let sum = hsum_hadd(dot_lanes(q, k, whole));
+            scores.push(finish_score(leftovers(sum, q, k, whole, hd), h));
+        }
+    }
+
+    /// The tinyBLAS value sums into `acc` (key `j` in slot `j % 8`, `hd` floats per slot; the
+    /// same FMAs per lane as the ymm loop) with the accumulators in registers: 8 slots × 32
+    /// dimensions per pass over the keys, where the ymm loop loads and stores its slot per key.
+    /// `values` points at the head's offset in the cache; `hd % 32 == 0`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tiny_values_zmm(
+        scores: &[f32],
+        rows: &[usize],
+        values: *const f32,
+        hd: usize,
+        acc: &mut [f32],
+    ) {
+        let full = scores.len() / TINY_SLOTS * TINY_SLOTS;
+        for d0 in (0..hd).step_by(32) {
+            let mut a = [[_mm512_setzero_ps(); 2]; TINY_SLOTS];
+            for g in (0..full).step_by(TINY_SLOTS) {
+                for (s, a) in a.iter_mut().enumerate() {
+                    tiny_key(a, scores[g + s], values.add(rows[g + s] + d0));
+                }
+            }
+            for j in full..scores.len() {
+                tiny_key(&mut a[j - full], scores[j], values.add(rows[j] + d0));
+            }
+            for (s, a) in a.iter().enumerate() {
+                let at = acc.as_mut_ptr().add(s * hd + d0);
+                _mm512_storeu_ps(at, a[0]);
+                _mm512_storeu_ps(at.add(16), a[1]);
+            }
+        }
+    }
+
+    /// One key's 32 dimensions into its slot's two accumulators.
+    #[inline(always)]
+    unsafe fn tiny_key(a: &mut [__m512; 2], p: f32, v: *const f32) {
+        let p = _mm512_set1_ps(p);
+        a[0] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v), a[0]);
+        a[1] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v.add(16)), a[1]);
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn attend(h: &Head, scratch: &mut Scratch, out: &mut [f32]) {
         let hd = out.len();
-        let q = h.q.as_ptr();
-        let (keys, values) = (h.keys.as_ptr(), h.values.as_ptr());
+        let values = h.values.as_ptr();
         let scores = &mut scratch.scores;
-        scores.clear();
-        scores.extend(h.rows.iter().map(|&r| {
-            // In bounds: every row offset addresses a whole cache row (the caller's invariant,
-            // checked by the slices of `attend_plain` in the tests).
-            finish_score(dot(q, keys.add(r + h.kv_offset), hd), h)
-        }));
+        score_keys(h, hd, scores);
         softmax_in_place(scores);
         let slots = match h.order {
             ValueOrder::VecDot => VEC_DOT_SLOTS,
@@ -142,13 +233,21 @@ mod avx2 {
         let acc = &mut scratch.acc;
         acc.clear();
         acc.resize(slots * hd, 0.0);
-        for (j, (&p, &r)) in scores.iter().zip(h.rows).enumerate() {
-            let p = _mm256_set1_ps(p);
-            let v = values.add(r + h.kv_offset);
-            let a = acc.as_mut_ptr().add((j % slots) * hd);
-            for d in (0..hd).step_by(8) {
-                let cur = _mm256_loadu_ps(a.add(d));
-                _mm256_storeu_ps(a.add(d), _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(d)), cur));
+        if h.order == ValueOrder::Tiny
+            && hd.is_multiple_of(32)
+            && is_x86_feature_detected!("avx512f")
+        {
+            tiny_values_zmm(scores, h.rows, values.add(h.kv_offset), hd, acc);
+        } else {
+            for (j, (&p, &r)) in scores.iter().zip(h.rows).enumerate() {
+                let p = _mm256_set1_ps(p);
+                let v = values.add(r + h.kv_offset);
+                let a = acc.as_mut_ptr().add((j % slots) * hd);
+                for d in (0..hd).step_by(8) {
+                    let cur = _mm256_loadu_ps(a.add(d));
+                    let sum = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(d)), cur);
+                    _mm256_storeu_ps(a.add(d), sum);
+                }
             }
         }
         let a = acc.as_ptr();
