@@ -168,8 +168,8 @@ fn main() -> candle_core::Result<()> {
 }
 
 /// The GGUF BF16 prefill path (`ggml_bf16::matmul_t`: activation rounding plus tinyBLAS order)
-/// on the Granite-4.0-H-350m prefill shapes (512 and 2048 tokens), and two 16-row shapes small enough to stay in L2
-/// (the batched-decode kernel without memory stalls).
+/// on the Granite-4.0-H-350m prefill shapes (512 and 2048 tokens), and two 16-row shapes small
+/// enough to stay in L2 (the batched-decode kernel without memory stalls).
 fn ggml_bf16_prefill() {
     println!("threads {}", rayon::current_num_threads());
     println!(
